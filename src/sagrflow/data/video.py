@@ -7,14 +7,14 @@ uint8 `(N, h, w, 3)` numpy arrays in the order the timestamps were asked for.
 
 from __future__ import annotations
 
-import os
-from collections import OrderedDict
 from collections.abc import Sequence
+from functools import partial
 from pathlib import Path
 from typing import Protocol
 
 import numpy as np
 
+from sagrflow.data.cache import ProcessLocalLRU
 from sagrflow.data.errors import DataError
 
 BACKENDS = ("pyav", "torchcodec")
@@ -57,6 +57,7 @@ class PyAVReader:
         self._frame_s = 1.0 / float(rate) if rate else 1.0 / 30.0
         self._frames = None  # live decode iterator
         self._last_time = None  # time of the last frame the iterator returned
+        self._last_frame = None
 
     def _seek(self, target_s: float) -> None:
         import av
@@ -67,18 +68,20 @@ class PyAVReader:
         except av.error.FFmpegError as exc:
             raise DataError(self.path, f"seek to {target_s:.4f}s failed ({exc})") from exc
         self._frames = self._container.decode(self._stream)
-        self._last_time = None
+        self._last_time = self._last_frame = None
 
     def _needs_seek(self, target_s: float) -> bool:
         if self._frames is None or self._last_time is None:
             return True
-        behind = target_s < self._last_time - self.tolerance_s
+        already_passed = target_s < self._last_time + self.tolerance_s
         far_ahead = target_s - self._last_time > _FORWARD_WINDOW_FRAMES * self._frame_s
-        return behind or far_ahead
+        return already_passed or far_ahead
 
     def _decode_one(self, target_s: float) -> np.ndarray:
         import av
 
+        if self._last_frame is not None and abs(self._last_time - target_s) <= self.tolerance_s:
+            return self._last_frame.to_ndarray(format="rgb24")
         if self._needs_seek(target_s):
             self._seek(target_s)
         last_seen = None
@@ -87,7 +90,7 @@ class PyAVReader:
                 if frame.pts is None:
                     continue
                 t = frame.pts * self._time_base
-                self._last_time = t
+                self._last_time, self._last_frame = t, frame
                 last_seen = t
                 if t < target_s - self.tolerance_s:
                     continue
@@ -100,7 +103,7 @@ class PyAVReader:
                 )
         except av.error.FFmpegError as exc:
             raise DataError(self.path, f"decoding failed near {target_s:.4f}s ({exc})", "the mp4 is truncated or corrupt") from exc
-        self._frames = None
+        self._frames = self._last_time = self._last_frame = None
         where = f"last frame at {last_seen:.4f}s" if last_seen is not None else "no frame after the seek point"
         raise DataError(self.path, f"timestamp {target_s:.4f}s is outside the video ({where})")
 
@@ -165,51 +168,25 @@ def open_video(path: str | Path, backend: str = "pyav") -> VideoReader:
     raise DataError("datasets.vla_data.video_backend", f"unknown video backend {backend!r}", f"use one of {BACKENDS}")
 
 
-class DecoderCache:
-    """A bounded LRU of open readers, private to the process that opened them.
+def _close(reader: VideoReader) -> None:
+    reader.close()
 
-    DataLoader workers fork the parent; an open container must never be shared
-    across that fork, so the cache empties itself when it sees a new pid.
-    """
+
+class DecoderCache:
+    """A bounded LRU of open video readers, one per process (see `ProcessLocalLRU`)."""
 
     def __init__(self, backend: str = "pyav", capacity: int = 16):
         if backend not in BACKENDS:
             raise DataError("datasets.vla_data.video_backend", f"unknown video backend {backend!r}", f"use one of {BACKENDS}")
-        if capacity < 1:
-            raise ValueError(f"decoder cache capacity must be >= 1, got {capacity}")
         self.backend = backend
-        self.capacity = capacity
-        self._readers: OrderedDict[Path, VideoReader] = OrderedDict()
-        self._pid = os.getpid()
-        self.opened = 0  # how many files this process has opened: lets tests and benchmarks see reuse
+        self._lru = ProcessLocalLRU(partial(open_video, backend=backend), capacity, _close)
+
+    @property
+    def opened(self) -> int:
+        return self._lru.opened
 
     def __len__(self) -> int:
-        return len(self._readers)
+        return len(self._lru)
 
-    def get(self, path: str | Path) -> VideoReader:
-        if os.getpid() != self._pid:
-            self._readers = OrderedDict()  # inherited from the parent: drop, never close
-            self._pid = os.getpid()
-            self.opened = 0
-        path = Path(path)
-        reader = self._readers.get(path)
-        if reader is not None:
-            self._readers.move_to_end(path)
-            return reader
-        reader = open_video(path, self.backend)
-        self.opened += 1
-        self._readers[path] = reader
-        if len(self._readers) > self.capacity:
-            _, evicted = self._readers.popitem(last=False)
-            evicted.close()
-        return reader
-
-    def frames_at(self, path: str | Path, timestamps: Sequence[float]) -> np.ndarray:
-        return self.get(path).frames_at(timestamps)
-
-    def __getstate__(self) -> dict:
-        # Pickled into spawn-started workers: ship the settings, not open files.
-        return {"backend": self.backend, "capacity": self.capacity}
-
-    def __setstate__(self, state: dict) -> None:
-        self.__init__(state["backend"], state["capacity"])
+    def frames_at(self, path: str | Path, timestamps: Sequence[float]) -> np.ndarray:  # (N, h, w, 3) uint8
+        return self._lru.get(path).frames_at(timestamps)
