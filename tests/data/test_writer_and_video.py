@@ -1,0 +1,102 @@
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from sagrflow.data.errors import DataError
+from sagrflow.data.lerobot.reader import LeRobotReader
+from sagrflow.data.lerobot.writer import Episode, LeRobotWriter
+from sagrflow.data.synthetic import decode_id_image, libero_spec, synthetic_episode
+from sagrflow.data.video import DecoderCache
+
+from .conftest import FORMATS, format_id
+
+
+@pytest.mark.parametrize("fmt", FORMATS, ids=format_id)
+def test_numeric_columns_read_back_identical(tmp_path, fmt):
+    spec = libero_spec(version=fmt[0], video_codec=fmt[1], episodes_per_file=2)
+    rng = np.random.default_rng(3)
+    episodes = [synthetic_episode(i, n, spec, rng) for i, n in enumerate([9, 4, 11])]
+    with LeRobotWriter(tmp_path / "ds", spec) as w:
+        for ep in episodes:
+            w.add_episode(ep)
+    reader = LeRobotReader(tmp_path / "ds")
+    assert reader.meta.version == fmt[0]
+    for i, ep in enumerate(episodes):
+        np.testing.assert_array_equal(reader.episode_column(i, "action"), ep.action)
+        np.testing.assert_array_equal(reader.episode_column(i, "observation.state"), ep.state)
+        frames = reader.frames(i, "observation.images.image", np.arange(ep.length))
+        if fmt[1] is None:  # PNG in the parquet: exact
+            np.testing.assert_array_equal(frames, ep.images["observation.images.image"])
+        assert [decode_id_image(f)[:2] for f in frames] == [(i, t) for t in range(ep.length)]
+    assert reader.meta.tasks == {0: "task 0", 1: "task 1", 2: "task 2"}
+    stats = json.loads((tmp_path / "ds/meta/stats.json").read_text())
+    assert set(stats["action"]) >= {"min", "max", "mean", "std", "q01", "q99", "count"}
+
+
+def test_index_is_cached_and_invalidated(dataset_root, tmp_path):
+    import shutil
+
+    root = shutil.copytree(dataset_root("v2.1", None), tmp_path / "ds")
+    LeRobotReader(root)
+    cache = root / ".sagrflow" / "index.npz"
+    assert cache.is_file()
+    stamp = cache.stat().st_mtime_ns
+    LeRobotReader(root)
+    assert cache.stat().st_mtime_ns == stamp  # reused, not rebuilt
+    (root / "data/chunk-000/episode_000000.parquet").touch()
+    LeRobotReader(root)
+    assert cache.stat().st_mtime_ns != stamp
+
+
+def test_writer_rejects_bad_episodes(tmp_path):
+    spec = libero_spec()
+    rng = np.random.default_rng(0)
+    ep = synthetic_episode(0, 5, spec, rng)
+    with LeRobotWriter(tmp_path / "a", spec) as w:
+        bad = Episode(ep.task, ep.state, ep.action.copy(), ep.images)
+        bad.action[2, 1] = np.inf
+        with pytest.raises(DataError, match="action holds non-finite"):
+            w.add_episode(bad)
+        with pytest.raises(DataError, match="cameras"):
+            w.add_episode(Episode(ep.task, ep.state, ep.action, {"observation.images.image": ep.images["observation.images.image"]}))
+        w.add_episode(ep)
+    with pytest.raises(DataError, match="not empty"):
+        LeRobotWriter(tmp_path / "a", spec)
+
+
+def test_decoder_cache_is_bounded_and_reuses_open_files(dataset_root):
+    reader = LeRobotReader(dataset_root("v2.1", "h264"))
+    paths = [ep.videos["observation.images.image"].path for ep in reader.episodes]
+    cache = DecoderCache("pyav", capacity=2)
+    for p in paths:
+        cache.frames_at(p, [0.0, 0.2])
+        cache.frames_at(p, [0.1])
+    assert len(cache) == 2
+    assert cache.opened == len(paths)  # each file opened once while it stayed in the cache
+
+
+def test_one_call_decodes_several_timestamps_in_request_order(dataset_root):
+    reader = LeRobotReader(dataset_root("v3.0", "av1"))
+    ep = reader.episodes[1]  # starts inside the shared mp4
+    video = ep.videos["observation.images.image"]
+    assert video.from_timestamp > 0
+    frames = DecoderCache().frames_at(video.path, [video.from_timestamp + 0.7, video.from_timestamp, video.from_timestamp + 0.7])
+    assert [decode_id_image(f)[:2] for f in frames] == [(1, 7), (1, 0), (1, 7)]
+
+
+def test_torchcodec_backend_matches_pyav(dataset_root):
+    pytest.importorskip("torchcodec.decoders", reason="torchcodec (and ffmpeg's libraries) not installed")
+    reader = LeRobotReader(dataset_root("v2.1", "h264"))
+    path = reader.episodes[0].videos["observation.images.image"].path
+    ts = [0.0, 0.7, 1.9]
+    a = DecoderCache("pyav").frames_at(path, ts)
+    b = DecoderCache("torchcodec").frames_at(path, ts)
+    assert [decode_id_image(f) for f in a] == [decode_id_image(f) for f in b]
+
+
+def test_unknown_backend():
+    with pytest.raises(DataError, match="unknown video backend 'opencv'"):
+        DecoderCache("opencv")
