@@ -1,0 +1,184 @@
+"""Backbone adapter over transformers VLMs, and the choice of layers that feed the DiT.
+
+One code path for every checkpoint, tiny or real: the model's own tokenizer and image
+processor (PIL backend, no torchvision) build the inputs, the base VLM (no LM head) runs
+with `output_hidden_states`, and the adapter returns every layer's hidden states with the
+attention mask and the positions of the visual tokens.
+
+Prompts are built here rather than by the architecture's combined `Processor`: in
+transformers 5 the Qwen processors require a video processor, which needs torchvision.
+The placeholder expansion below is the one those processors perform.
+
+Legend: B batch, C cameras, N = B*C images, L sequence, D VLM hidden size.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+
+ARCHS = ("qwen2_5_vl", "qwen3_vl", "llava")
+TINY_PREFIX = "tiny:"
+
+
+@dataclass
+class BackboneOutput:
+    hidden_states: tuple[torch.Tensor, ...]  # num_layers + 1 of (B, L, D); [0] is the embedding output
+    attention_mask: torch.Tensor  # (B, L) bool, False at padding
+    visual_mask: torch.Tensor  # (B, L) bool, True at image tokens
+    text_mask: torch.Tensor  # (B, L) bool, True at non-padding, non-image tokens
+
+    @property
+    def layers(self) -> tuple[torch.Tensor, ...]:
+        """The decoder layers' outputs, (B, L, D) each, in depth order."""
+        return self.hidden_states[1:]
+
+
+def select_layers(spec: str | Sequence[int], depth: int, num_layers: int) -> list[int]:
+    """Indices of the VLM layers feeding DiT blocks 0..depth-1 (0 = first decoder layer).
+
+    `spec` is "first" (layers 0..depth-1), "last" (the last `depth`) or an explicit list
+    (negative indices count from the end) whose length must equal `depth`.
+    """
+    if isinstance(spec, str):
+        if depth > num_layers:
+            raise ValueError(
+                f"the DiT has {depth} blocks but the VLM has only {num_layers} layers to feed them: set "
+                f"framework.action_model.dit_depth <= {num_layers}"
+            )
+        return list(range(depth)) if spec == "first" else list(range(num_layers - depth, num_layers))
+    layers = list(spec)
+    if len(layers) != depth:
+        raise ValueError(
+            f"framework.backbone.layers lists {len(layers)} VLM layers but the DiT has {depth} blocks "
+            f"(framework.action_model.dit_depth); give one layer per block"
+        )
+    bad = [i for i in layers if not -num_layers <= i < num_layers]
+    if bad:
+        raise ValueError(f"framework.backbone.layers {bad} out of range: the VLM has {num_layers} layers")
+    return [i % num_layers for i in layers]
+
+
+def resolve_path(path: str) -> Path:
+    """A checkpoint directory; `tiny:<arch>` builds (once) and returns the offline tiny one."""
+    if path.startswith(TINY_PREFIX):
+        from sagrflow.model.tiny import cached_tiny
+
+        return cached_tiny(path[len(TINY_PREFIX):])
+    p = Path(path).expanduser()
+    if not (p / "config.json").is_file():
+        raise ValueError(f"backbone path {path!r} is not a model directory (no config.json)")
+    return p
+
+
+class VLMBackbone(nn.Module):
+    """A transformers VLM (base model, no LM head) with its tokenizer and image processor."""
+
+    def __init__(self, model: nn.Module, tokenizer, image_processor, source_dir: Path):
+        super().__init__()
+        self.vlm = model
+        self.tokenizer = tokenizer
+        self.image_processor = image_processor
+        self.source_dir = source_dir
+        cfg = model.config
+        self.arch = cfg.model_type
+        if self.arch not in ARCHS:
+            raise ValueError(f"unsupported VLM architecture {self.arch!r}; supported: {ARCHS}")
+        self.hidden_size = int(cfg.text_config.hidden_size)
+        self.num_layers = int(cfg.text_config.num_hidden_layers)
+        self.image_token_id = int(cfg.image_token_id)
+        self.image_token = tokenizer.convert_ids_to_tokens(self.image_token_id)
+        # right padding: real tokens never see a pad (causal attention), so padding is inert
+        self.tokenizer.padding_side = "right"
+        if self.tokenizer.pad_token is None:
+            self.tokenizer.pad_token = self.tokenizer.eos_token
+
+    # --- construction ------------------------------------------------------------------
+    @classmethod
+    def from_pretrained(cls, path: str | Path, dtype: torch.dtype = torch.float32) -> VLMBackbone:
+        """Load weights, tokenizer and image processor from a local directory."""
+        from transformers import AutoModelForImageTextToText
+
+        src = resolve_path(str(path))
+        full = AutoModelForImageTextToText.from_pretrained(src, dtype=dtype, local_files_only=True)
+        return cls(full.model, *_load_preprocessors(src), source_dir=src)
+
+    @classmethod
+    def from_config_dir(cls, path: str | Path) -> VLMBackbone:
+        """Architecture only: parameters on the meta device, to be filled by a strict load."""
+        from accelerate import init_empty_weights
+        from transformers import AutoConfig, AutoModelForImageTextToText
+
+        src = Path(path)
+        config = AutoConfig.from_pretrained(src, local_files_only=True)
+        with init_empty_weights(include_buffers=False):
+            full = AutoModelForImageTextToText.from_config(config)
+        return cls(full.model, *_load_preprocessors(src), source_dir=src)
+
+    def save_preprocessors(self, out_dir: str | Path) -> None:
+        """Config, tokenizer and image processor (no weights: those live in the policy's file)."""
+        out = Path(out_dir)
+        self.vlm.config.save_pretrained(out)
+        self.tokenizer.save_pretrained(out)
+        self.image_processor.save_pretrained(out)
+
+    # --- inputs --------------------------------------------------------------------------
+    def _prompt(self, n_tokens: Sequence[int], lang: str) -> str:
+        img = self.image_token
+        if self.arch == "llava":
+            return "USER: " + "".join(img * n for n in n_tokens) + "\n" + lang + " ASSISTANT:"
+        vision = "".join(f"<|vision_start|>{img * n}<|vision_end|>" for n in n_tokens)
+        return f"<|im_start|>user\n{vision}{lang}<|im_end|>\n"
+
+    def _tokens_per_image(self, pixels: dict) -> list[int]:
+        if self.arch == "llava":
+            cfg = self.vlm.config
+            h, w = pixels["pixel_values"].shape[-2:]
+            patch = cfg.vision_config.patch_size
+            n = (h // patch) * (w // patch) + (1 if cfg.vision_feature_select_strategy == "full" else 0)
+            return [n] * pixels["pixel_values"].shape[0]
+        merge = self.image_processor.merge_size
+        return (pixels["image_grid_thw"].prod(-1) // merge**2).tolist()
+
+    def prepare_inputs(self, images: torch.Tensor, lang: Sequence[str]) -> dict[str, torch.Tensor]:
+        """(B, C, 3, h, w) uint8 + B instructions -> the VLM's keyword inputs (CPU tensors)."""
+        b, c = images.shape[:2]
+        if len(lang) != b:
+            raise ValueError(f"{len(lang)} instructions for a batch of {b}")
+        flat = images.reshape(b * c, *images.shape[2:]).cpu()  # (N, 3, h, w)
+        pixels = dict(self.image_processor(images=list(flat), return_tensors="pt"))
+        per_image = self._tokens_per_image(pixels)
+        texts = [self._prompt(per_image[i * c:(i + 1) * c], text) for i, text in enumerate(lang)]
+        tok = self.tokenizer(texts, padding=True, return_tensors="pt", add_special_tokens=True)
+        inputs = {"input_ids": tok["input_ids"], "attention_mask": tok["attention_mask"], **pixels}
+        if self.arch != "llava":
+            inputs["mm_token_type_ids"] = (tok["input_ids"] == self.image_token_id).int()
+        return inputs
+
+    # --- forward -------------------------------------------------------------------------
+    def forward(self, images: torch.Tensor, lang: Sequence[str]) -> BackboneOutput:
+        """(B, C, 3, h, w) uint8 images and B instructions -> hidden states of every layer."""
+        device = next(self.vlm.parameters()).device
+        inputs = {k: v.to(device) for k, v in self.prepare_inputs(images, lang).items()}
+        if "pixel_values" in inputs:
+            inputs["pixel_values"] = inputs["pixel_values"].to(self.vlm.dtype)
+        out = self.vlm(**inputs, output_hidden_states=True, use_cache=False, return_dict=True)
+        attention = inputs["attention_mask"].bool()  # (B, L)
+        visual = (inputs["input_ids"] == self.image_token_id) & attention
+        return BackboneOutput(
+            hidden_states=tuple(out.hidden_states), attention_mask=attention, visual_mask=visual,
+            text_mask=attention & ~visual,
+        )
+
+
+def _load_preprocessors(src: Path):
+    from transformers import AutoImageProcessor, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(src, local_files_only=True)
+    # PIL backend always: training and inference pixels must not depend on torchvision being installed
+    image_processor = AutoImageProcessor.from_pretrained(src, local_files_only=True, backend="pil")
+    return tokenizer, image_processor

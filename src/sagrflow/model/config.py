@@ -1,0 +1,144 @@
+"""Typed configuration of the SA-GR Flow policy (`framework.*`, DESIGN.md section 6).
+
+Each dataclass validates itself in `__post_init__` and says what to change. `from_dict`
+builds the tree from plain (YAML) dicts and rejects unknown keys by their dotted name.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+FRAMEWORK_NAMES = ("SAGRFlow",)
+WORLD_ACTION_SOURCES = ("teacher", "noisy")
+GEOMETRY_ENCODERS = ("none", "depth", "pointmap", "mapanything")
+LAYER_MODES = ("first", "last")
+DTYPES = ("float32", "bfloat16", "float16")
+
+
+@dataclass
+class BackboneConfig:
+    """`framework.backbone`: which VLM, which of its layers feed the DiT, input size."""
+
+    path: str = "tiny:qwen2_5_vl"  # a local checkpoint directory, or tiny:<arch> (built offline)
+    layers: str | list[int] = "last"  # "first" / "last" N (N = dit_depth), or one VLM layer per DiT block
+    image_size: list[int] = field(default_factory=lambda: [224, 224])  # (h, w) of to_chw_uint8, as in data
+    dtype: str = "float32"  # weights as loaded; the trainer owns autocast
+
+    def __post_init__(self) -> None:
+        if not self.path:
+            raise ValueError("framework.backbone.path is empty: give a local VLM directory or tiny:qwen2_5_vl")
+        if isinstance(self.layers, str):
+            if self.layers not in LAYER_MODES:
+                raise ValueError(f"framework.backbone.layers={self.layers!r}: use 'first', 'last' or a list of ints")
+        else:
+            self.layers = [int(i) for i in self.layers]
+            if not self.layers:
+                raise ValueError("framework.backbone.layers is an empty list: name one VLM layer per DiT block")
+        self.image_size = [int(s) for s in self.image_size]
+        if len(self.image_size) != 2 or min(self.image_size) <= 0:
+            raise ValueError(f"framework.backbone.image_size={self.image_size}: give [height, width] > 0")
+        if self.dtype not in DTYPES:
+            raise ValueError(f"framework.backbone.dtype={self.dtype!r}: use one of {DTYPES}")
+
+
+@dataclass
+class ActionModelConfig:
+    """`framework.action_model`: flow-matching head, world predictor, drift, losses."""
+
+    action_horizon: int = 8
+    action_dim: int = 7
+    state_dim: int = 0  # 0: no state token
+    repeated_diffusion_steps: int = 4  # R: noise/time draws per sample and step
+    num_inference_timesteps: int = 10  # Euler steps in predict_action
+    world_action_source: str = "teacher"  # world predictor sees expert actions or the noisy trajectory
+    loss_w_fm: float = 1.0
+    loss_w_dyn: float = 0.2
+    loss_w_geo: float = 0.1
+    loss_w_reg: float = 1e-3
+    drift_eta: float = 0.1  # bound of the drift velocity correction
+    use_geometric_branch: bool = False
+    geometry_encoder: str = "depth"  # used when use_geometric_branch: depth | pointmap | mapanything
+    geometry_checkpoint: str = ""  # local MapAnything weights directory (geometry_encoder: mapanything)
+    rrr_threshold: float = 2.5  # residual ratio above which predict_action asks for a replan
+    dit_depth: int | None = None  # DiT blocks; None: one per VLM layer
+    dit_width: int = 256
+    dit_heads: int = 4
+    num_task_tokens: int = 8  # K
+    world_depth: int = 2  # transformer layers of the world predictor
+    time_eps: float = 1e-3  # training time t is drawn in [eps, 1 - eps]
+
+    def __post_init__(self) -> None:
+        for name in ("action_horizon", "action_dim", "repeated_diffusion_steps", "num_inference_timesteps",
+                     "dit_width", "dit_heads", "num_task_tokens", "world_depth"):
+            if int(getattr(self, name)) < 1:
+                raise ValueError(f"framework.action_model.{name}={getattr(self, name)} must be >= 1")
+        if self.state_dim < 0:
+            raise ValueError(f"framework.action_model.state_dim={self.state_dim} must be >= 0 (0 = no state)")
+        if self.dit_depth is not None and self.dit_depth < 1:
+            raise ValueError(f"framework.action_model.dit_depth={self.dit_depth} must be >= 1 or null")
+        if self.dit_width % self.dit_heads:
+            raise ValueError(
+                f"framework.action_model.dit_width={self.dit_width} is not divisible by dit_heads={self.dit_heads}"
+            )
+        if self.world_action_source not in WORLD_ACTION_SOURCES:
+            raise ValueError(
+                f"framework.action_model.world_action_source={self.world_action_source!r}: "
+                f"use one of {WORLD_ACTION_SOURCES}"
+            )
+        if self.geometry_encoder not in GEOMETRY_ENCODERS:
+            raise ValueError(
+                f"framework.action_model.geometry_encoder={self.geometry_encoder!r}: use one of {GEOMETRY_ENCODERS}"
+            )
+        if self.use_geometric_branch and self.geometry_encoder == "none":
+            raise ValueError(
+                "framework.action_model.use_geometric_branch is true but geometry_encoder is 'none': "
+                "pick depth, pointmap or mapanything, or turn the branch off"
+            )
+        for name in ("loss_w_fm", "loss_w_dyn", "loss_w_geo", "loss_w_reg", "drift_eta", "rrr_threshold"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"framework.action_model.{name}={getattr(self, name)} must be >= 0")
+        if not 0.0 < self.time_eps < 0.5:
+            raise ValueError(f"framework.action_model.time_eps={self.time_eps} must be in (0, 0.5)")
+
+    @property
+    def loss_weights(self) -> dict[str, float]:
+        return {"fm": self.loss_w_fm, "dyn": self.loss_w_dyn, "geo": self.loss_w_geo, "reg": self.loss_w_reg}
+
+
+@dataclass
+class FrameworkConfig:
+    """`framework`: the policy."""
+
+    name: str = "SAGRFlow"
+    backbone: BackboneConfig = field(default_factory=BackboneConfig)
+    action_model: ActionModelConfig = field(default_factory=ActionModelConfig)
+
+    def __post_init__(self) -> None:
+        if self.name not in FRAMEWORK_NAMES:
+            raise ValueError(f"framework.name={self.name!r}: use one of {FRAMEWORK_NAMES}")
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any], prefix: str = "framework") -> FrameworkConfig:
+        return _from_dict(cls, data, prefix)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def _from_dict(cls, data: dict[str, Any], prefix: str):
+    if not isinstance(data, dict):
+        raise ValueError(f"{prefix} must be a mapping, got {type(data).__name__}")
+    known = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - set(known))
+    if unknown:
+        raise ValueError(f"unknown key(s) {[f'{prefix}.{k}' for k in unknown]}; known: {sorted(known)}")
+    kwargs = {}
+    for name, value in data.items():
+        sub = _NESTED.get((cls, name))
+        kwargs[name] = _from_dict(sub, value, f"{prefix}.{name}") if sub else value
+    return cls(**kwargs)
+
+
+_NESTED = {(FrameworkConfig, "backbone"): BackboneConfig, (FrameworkConfig, "action_model"): ActionModelConfig}

@@ -1,0 +1,174 @@
+"""Offline tiny backbones: real transformers architectures with random weights.
+
+`make_tiny(arch, out_dir)` writes, with `save_pretrained`, a model directory that the
+backbone adapter loads exactly like a downloaded checkpoint (config.json, weights,
+tokenizer files, preprocessor_config.json). Nothing is downloaded: the tokenizer is a
+character-level `tokenizers` model holding the architecture's special tokens, the
+image processor is the architecture's PIL-backend class (no torchvision).
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+import torch
+
+ARCHS = ("qwen2_5_vl", "qwen3_vl", "llava")
+
+# printable ASCII, one token per character: any instruction tokenizes without an unknown token
+_CHARS = [chr(i) for i in range(32, 127)] + ["\n"]
+_QWEN_SPECIALS = [
+    "<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|vision_start|>", "<|vision_end|>",
+    "<|image_pad|>", "<|video_pad|>",
+]
+_LLAVA_SPECIALS = ["<pad>", "<s>", "</s>", "<unk>", "<image>"]
+
+
+def _tokenizer(specials: list[str], pad: str, eos: str, bos: str | None, unk: str | None):
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    vocab = {tok: i for i, tok in enumerate(specials + _CHARS)}
+    unk_token = unk or pad
+    tok = Tokenizer(models.WordLevel(vocab=vocab, unk_token=unk_token))
+    tok.pre_tokenizer = pre_tokenizers.Split("", behavior="isolated")
+    tok.decoder = decoders.Fuse()
+    special_kwargs = {"pad_token": pad, "eos_token": eos, "unk_token": unk_token}
+    if bos is not None:
+        special_kwargs["bos_token"] = bos
+    named = set(special_kwargs.values())
+    fast = PreTrainedTokenizerFast(
+        tokenizer_object=tok, extra_special_tokens=[s for s in specials if s not in named], **special_kwargs
+    )
+    fast.padding_side = "right"
+    return fast, vocab
+
+
+def _qwen_common(vocab: dict[str, int]) -> dict:
+    return dict(
+        image_token_id=vocab["<|image_pad|>"], video_token_id=vocab["<|video_pad|>"],
+        vision_start_token_id=vocab["<|vision_start|>"], vision_end_token_id=vocab["<|vision_end|>"],
+    )
+
+
+def _text_kwargs(vocab_size: int, pad_id: int) -> dict:
+    return dict(
+        vocab_size=vocab_size, hidden_size=64, intermediate_size=128, num_hidden_layers=4,
+        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=1024, pad_token_id=pad_id,
+    )
+
+
+def _build_qwen2_5_vl():
+    from transformers import Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration
+    from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
+
+    tokenizer, vocab = _tokenizer(_QWEN_SPECIALS, pad="<|endoftext|>", eos="<|im_end|>", bos=None, unk=None)
+    text = _text_kwargs(len(vocab), vocab["<|endoftext|>"])
+    text.update(bos_token_id=None, eos_token_id=vocab["<|im_end|>"])
+    # head_dim 16 = 2 * (2 + 3 + 3): mrope splits the rotary half over (t, h, w)
+    text["rope_parameters"] = {"rope_type": "default", "rope_theta": 10000.0, "mrope_section": [2, 3, 3]}
+    config = Qwen2_5_VLConfig(
+        text_config=text,
+        vision_config=dict(
+            depth=2, hidden_size=32, intermediate_size=64, num_heads=2, out_hidden_size=64, patch_size=14,
+            spatial_merge_size=2, temporal_patch_size=2, window_size=56, fullatt_block_indexes=[1],
+        ),
+        **_qwen_common(vocab),
+    )
+    model = Qwen2_5_VLForConditionalGeneration(config)
+    # 56x56 pixels -> 4x4 patches of 14 -> 2x2 merged tokens per image
+    processor = Qwen2VLImageProcessorPil(
+        min_pixels=56 * 56, max_pixels=56 * 56, patch_size=14, merge_size=2, temporal_patch_size=2
+    )
+    return model, tokenizer, processor
+
+
+def _build_qwen3_vl():
+    from transformers import Qwen3VLConfig, Qwen3VLForConditionalGeneration
+    from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
+
+    tokenizer, vocab = _tokenizer(_QWEN_SPECIALS, pad="<|endoftext|>", eos="<|im_end|>", bos=None, unk=None)
+    text = _text_kwargs(len(vocab), vocab["<|endoftext|>"])
+    text.update(head_dim=16, bos_token_id=None, eos_token_id=vocab["<|im_end|>"])
+    text["rope_parameters"] = {
+        "rope_type": "default", "rope_theta": 10000.0, "mrope_section": [2, 3, 3], "mrope_interleaved": True,
+    }
+    config = Qwen3VLConfig(
+        text_config=text,
+        vision_config=dict(
+            depth=2, hidden_size=32, intermediate_size=64, num_heads=2, out_hidden_size=64, patch_size=16,
+            spatial_merge_size=2, temporal_patch_size=2, num_position_embeddings=16,
+            deepstack_visual_indexes=[0],
+        ),
+        **_qwen_common(vocab),
+    )
+    model = Qwen3VLForConditionalGeneration(config)
+    # Qwen3-VL patches are 16 pixels: 64x64 -> 4x4 patches -> 2x2 merged tokens
+    processor = Qwen2VLImageProcessorPil(
+        size={"shortest_edge": 64 * 64, "longest_edge": 64 * 64}, patch_size=16, merge_size=2,
+        temporal_patch_size=2, image_mean=[0.5, 0.5, 0.5], image_std=[0.5, 0.5, 0.5],
+    )
+    return model, tokenizer, processor
+
+
+def _build_llava():
+    from transformers import CLIPVisionConfig, LlamaConfig, LlavaConfig, LlavaForConditionalGeneration
+    from transformers.models.llava.image_processing_pil_llava import LlavaImageProcessorPil
+
+    tokenizer, vocab = _tokenizer(_LLAVA_SPECIALS, pad="<pad>", eos="</s>", bos="<s>", unk="<unk>")
+    vision = CLIPVisionConfig(
+        hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2, image_size=28,
+        patch_size=14, projection_dim=32,
+    )
+    text = LlamaConfig(**_text_kwargs(len(vocab), vocab["<pad>"]), bos_token_id=vocab["<s>"],
+                       eos_token_id=vocab["</s>"])
+    config = LlavaConfig(
+        vision_config=vision, text_config=text, image_token_id=vocab["<image>"],
+        vision_feature_layer=-2, vision_feature_select_strategy="default", image_seq_length=4,
+    )
+    model = LlavaForConditionalGeneration(config)
+    processor = LlavaImageProcessorPil(size={"shortest_edge": 28}, crop_size={"height": 28, "width": 28})
+    return model, tokenizer, processor
+
+
+_BUILDERS = {"qwen2_5_vl": _build_qwen2_5_vl, "qwen3_vl": _build_qwen3_vl, "llava": _build_llava}
+
+
+def make_tiny(arch: str, out_dir: str | Path, seed: int = 0) -> Path:
+    """Write a tiny random-weight `arch` checkpoint (model, tokenizer, image processor) to `out_dir`."""
+    if arch not in _BUILDERS:
+        raise ValueError(f"unknown tiny arch {arch!r}; use one of {ARCHS}")
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model, tokenizer, image_processor = _BUILDERS[arch]()
+    model.save_pretrained(out)
+    tokenizer.save_pretrained(out)
+    image_processor.save_pretrained(out)
+    return out
+
+
+TINY_VERSION = 1  # bump when a builder changes, so cached directories are rebuilt
+
+
+def cached_tiny(arch: str) -> Path:
+    """The tiny `arch` checkpoint under the user cache, built on first use (atomic across processes)."""
+    if arch not in _BUILDERS:
+        raise ValueError(f"unknown tiny arch {arch!r}; use one of {ARCHS}")
+    root = Path(os.environ.get("SAGRFLOW_CACHE", Path.home() / ".cache" / "sagrflow")) / "tiny"
+    target = root / f"{arch}-v{TINY_VERSION}"
+    if (target / "config.json").is_file():
+        return target
+    root.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{arch}-", dir=root))
+    make_tiny(arch, staging)
+    try:
+        staging.rename(target)
+    except OSError:  # another process won the race; its directory is identical
+        import shutil
+
+        shutil.rmtree(staging, ignore_errors=True)
+    return target
