@@ -13,6 +13,7 @@ import sys
 # package cli modules, in the order their commands appear in --help
 COMMAND_MODULES = (
     "sagrflow.data.cli",
+    "sagrflow.model.cli",
 )
 
 

@@ -1,0 +1,79 @@
+"""Inference helpers of `SAGRPolicy.predict_action`: observation -> tensors, Euler sampling.
+
+Legend: B batch, C cameras, H horizon, A action dim, S state dim, K task tokens, W width.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from sagrflow.core.image import to_chw_uint8
+
+
+def observation_images(obs: dict, size: tuple[int, int]) -> torch.Tensor:
+    """One observation's camera list -> (C, 3, h, w) uint8, resized exactly as the data workers do."""
+    images = obs.get("image")
+    if not images:
+        raise ValueError("observation has no 'image' list (one HWC uint8 array per camera)")
+    return torch.stack([to_chw_uint8(np.asarray(img), size) for img in images])
+
+
+def _geometry(obs: dict, size: tuple[int, int]) -> torch.Tensor | None:
+    """Optional per-camera depth (h, w) / (h, w, k) -> (C, k, h, w) float at the image size."""
+    depth = obs.get("depth")
+    if depth is None:
+        return None
+    maps = []
+    for d in depth:
+        t = torch.as_tensor(np.asarray(d, dtype=np.float32))
+        t = t.unsqueeze(0) if t.ndim == 2 else t.permute(2, 0, 1)  # (k, h, w)
+        maps.append(torch.nn.functional.interpolate(t[None], size=size, mode="nearest")[0])
+    return torch.stack(maps)
+
+
+def prepare_observations(policy, observations: list[dict], device: torch.device):
+    """-> images (B, C, 3, h, w) uint8, lang list[str], state (B, S) normalized or None,
+    geometry (B, C, k, h, w) or None, memory keys (episode_id, else the batch slot)."""
+    if not observations:
+        raise ValueError("predict_action needs at least one observation")
+    size = tuple(policy.config.backbone.image_size)
+    images = torch.stack([observation_images(o, size) for o in observations]).to(device)
+    lang = [str(o.get("lang", "")) for o in observations]
+    state = None
+    s_dim = policy.config.action_model.state_dim
+    if s_dim:
+        missing = [i for i, o in enumerate(observations) if o.get("state") is None]
+        if missing:
+            raise ValueError(f"observations {missing} have no 'state' but the policy has state_dim={s_dim}")
+        raw = np.stack([np.asarray(o["state"], dtype=np.float64).reshape(-1) for o in observations])
+        if raw.shape[1] != s_dim:
+            raise ValueError(f"observation state has {raw.shape[1]} dims, the policy expects {s_dim}")
+        norm = raw if policy.state_normalizer is None else policy.state_normalizer.normalize(raw)
+        state = torch.as_tensor(norm, dtype=policy.head.action_out.weight.dtype, device=device)
+    geos = [_geometry(o, size) for o in observations]
+    geometry = None if any(g is None for g in geos) else torch.stack(geos).to(device)
+    keys = [o.get("episode_id", i) for i, o in enumerate(observations)]
+    return images, lang, state, geometry, keys
+
+
+def sample_chunk(head, enc, state: torch.Tensor | None, residual: torch.Tensor, num_steps: int,
+                 generator: torch.Generator | None = None):
+    """Euler-integrate the flow from noise (t = 0) to actions (t = 1) -> (B, H, A) normalized, temb at t = 1.
+
+    The DiT's cross-attention keys/values are projected once here and reused by every step.
+    """
+    if num_steps < 1:
+        raise ValueError(f"num_inference_timesteps must be >= 1, got {num_steps}")
+    cfg = head.cfg
+    b = enc.task_tokens.shape[0]
+    dtype, device = enc.task_tokens.dtype, enc.task_tokens.device
+    context = head.prepare_context(enc.vl_embs_list, enc.mask)  # cached for all steps
+    x = torch.randn(b, cfg.action_horizon, cfg.action_dim, generator=generator, device=device, dtype=dtype)
+    dt = 1.0 / num_steps
+    for i in range(num_steps):
+        t = torch.full((b,), i * dt, device=device, dtype=dtype)
+        temb = head.time(t)
+        v = head.velocity(context, x, temb, state) + head.drift(residual, t, temb)
+        x = x + dt * v
+    return x, head.time(torch.ones(b, device=device, dtype=dtype))

@@ -1,0 +1,246 @@
+"""The SA-GR Flow policy: training forward (DESIGN.md section 3), predict_action, save / load.
+
+Legend: B batch, C cameras, R repeats, N = B*R, H horizon, A action dim, S state dim,
+K task tokens, W width, L VLM sequence, D VLM hidden size.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from sagrflow.core.normalize import Normalizer
+from sagrflow.model.action_head import ActionHead
+from sagrflow.model.anchor import SemanticAnchor
+from sagrflow.model.backbone import VLMBackbone, select_layers
+from sagrflow.model.config import FrameworkConfig
+from sagrflow.model.geometry import build_geometry_encoder
+
+WEIGHTS_FILE = "model.safetensors"
+CONFIG_FILE = "config.json"
+STATS_FILE = "normalization.json"
+BACKBONE_DIR = "backbone"
+_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+@dataclass
+class Encoded:
+    """One VLM pass, as the head and the world model use it."""
+
+    vl_embs_list: list[torch.Tensor]  # one (B, L, D) per DiT block
+    mask: torch.Tensor  # (B, L) bool, False at padding
+    task_tokens: torch.Tensor  # (B, K, W)
+
+
+@dataclass
+class _Memory:
+    """What the policy predicted, at its last call, for the tokens it will see next."""
+
+    task_tokens: torch.Tensor  # (K, W) observed at that call
+    pred_next: torch.Tensor  # (K, W) predicted for after the issued chunk
+
+
+class SAGRPolicy(nn.Module):
+    def __init__(self, config: FrameworkConfig, backbone: VLMBackbone,
+                 action_normalizer: Normalizer | None = None, state_normalizer: Normalizer | None = None):
+        super().__init__()
+        am = config.action_model
+        self.config = config
+        depth = am.dit_depth if am.dit_depth is not None else backbone.num_layers
+        self.layer_ids = select_layers(config.backbone.layers, depth, backbone.num_layers)
+        self.backbone = backbone
+        self.geometry = (build_geometry_encoder(am.geometry_encoder, am.dit_width, am.geometry_checkpoint)
+                         if am.use_geometric_branch else None)
+        self.anchor = SemanticAnchor(backbone.hidden_size, am.dit_width, am.dit_heads, am.num_task_tokens,
+                                     geometry=am.use_geometric_branch)
+        self.head = ActionHead(am, backbone.hidden_size, depth)
+        for name, norm, dim in (("action", action_normalizer, am.action_dim), ("state", state_normalizer, am.state_dim)):
+            if norm is not None and norm.dim != dim:
+                raise ValueError(f"{name} normalizer is {norm.dim}-dim but framework.action_model.{name}_dim={dim}")
+        self.action_normalizer = action_normalizer
+        self.state_normalizer = state_normalizer
+        self._memory: dict = {}
+
+    @classmethod
+    def from_config(cls, config: FrameworkConfig, action_normalizer: Normalizer | None = None,
+                    state_normalizer: Normalizer | None = None) -> SAGRPolicy:
+        """A new policy: pretrained VLM from `framework.backbone.path`, freshly initialised head."""
+        backbone = VLMBackbone.from_pretrained(config.backbone.path, dtype=_DTYPES[config.backbone.dtype])
+        return cls(config, backbone, action_normalizer, state_normalizer)
+
+    # --- shared by training and inference ------------------------------------------------
+    def encode(self, images: torch.Tensor, lang, geometry: torch.Tensor | None = None) -> Encoded:
+        """(B, C, 3, h, w) uint8 images, B instructions, optional (B, C, k, h, w) geometry -> Encoded."""
+        out = self.backbone(images, lang)
+        dtype = self.head.action_out.weight.dtype
+        layers = out.layers
+        vl_embs_list = [layers[i].to(dtype) for i in self.layer_ids]
+        geo_tokens = self.geometry(images, geometry) if self.geometry is not None else None
+        task_tokens = self.anchor(out.hidden_states[-1].to(dtype), out.visual_mask, out.text_mask, geo_tokens)
+        return Encoded(vl_embs_list, out.attention_mask, task_tokens)
+
+    # --- training ------------------------------------------------------------------------
+    def forward(self, batch) -> dict[str, torch.Tensor]:
+        """A `Batch` -> per-sample (B,) loss_fm, loss_dyn, loss_geo, loss_reg (averaged over the R repeats),
+        valid_tk (B,), and scalar diagnostics. Reduce with `losses.reduce_losses`."""
+        am = self.config.action_model
+        # 1. image_t (fallback: legacy image), image_tk (fallback: image_t)
+        image_t = _field(batch, "image_t", "image")
+        if image_t is None:
+            raise ValueError("the batch has neither image_t nor the legacy image")
+        image_tk = getattr(batch, "image_tk", None)
+        has_image_tk = image_tk is not None
+        if not has_image_tk:
+            image_tk = image_t
+        b = image_t.shape[0]
+        valid = getattr(batch, "valid_tk", None)
+        valid = torch.zeros(b, device=image_t.device) if valid is None else valid.float()  # (B,)
+        state = _field(batch, "state_t", "state")
+        self._check_state(state)
+        lang = list(batch.lang)
+        # 2. VLM on image_t, with gradients
+        enc = self.encode(image_t, lang, getattr(batch, "depth_t", None))
+        # 3. VLM on image_tk, no graph; skipped when no sample could use it (all would be replaced in 5)
+        next_available = bool((valid > 0).any())
+        task_tokens_next = enc.task_tokens.detach()
+        if next_available:
+            with torch.no_grad():
+                task_tokens_next = self.encode(image_tk, lang, getattr(batch, "depth_tk", None)).task_tokens
+        # 4. repeat R times -> (N, ...)
+        r = am.repeated_diffusion_steps
+        task_tokens_repeated = enc.task_tokens.repeat_interleave(r, 0)  # (N, K, W)
+        task_tokens_next_repeated = task_tokens_next.repeat_interleave(r, 0)  # (N, K, W)
+        valid_tk_repeated = valid.repeat_interleave(r, 0)  # (N,)
+        # 5. invalid pairs: the target is the current tokens (detached), so their world terms carry nothing
+        task_tokens_next_repeated = torch.where(
+            valid_tk_repeated.view(-1, 1, 1) > 0, task_tokens_next_repeated, task_tokens_repeated.detach()
+        )
+        # 6. the action head
+        head_out = self.head(
+            enc.vl_embs_list,
+            batch.action.repeat_interleave(r, 0),
+            None if state is None else state.repeat_interleave(r, 0),
+            encoder_attention_mask=enc.mask,
+            task_tokens=task_tokens_repeated,
+            task_tokens_next=task_tokens_next_repeated,
+            valid_tk=valid_tk_repeated,
+            action_mask=batch.action_mask.repeat_interleave(r, 0),
+            repeats=r,
+        )
+        out = {k: head_out[k].view(b, r).mean(1) for k in ("loss_fm", "loss_dyn", "loss_geo", "loss_reg")}
+        out["valid_tk"] = valid
+        with torch.no_grad():
+            out.update({
+                "valid_tk_ratio": (valid > 0).float().mean(),
+                "has_image_tk": torch.tensor(float(has_image_tk)),
+                "task_tokens_next_available": torch.tensor(float(next_available)),
+                "absmax/task_tokens": enc.task_tokens.detach().abs().max(),
+                "absmax/pred_velocity": head_out["pred_velocity"].detach().abs().max(),
+                "absmax/drift": head_out["drift"].detach().abs().max(),
+            })
+        return out
+
+    def _check_state(self, state: torch.Tensor | None) -> None:
+        s = self.config.action_model.state_dim
+        if s and state is None:
+            raise ValueError(f"framework.action_model.state_dim={s} but the batch has no state: "
+                             "turn on datasets.vla_data.include_state or set state_dim 0")
+        if state is not None and s and state.shape[-1] != s:
+            raise ValueError(f"state has {state.shape[-1]} dims, framework.action_model.state_dim={s}")
+
+    # --- inference -----------------------------------------------------------------------
+    def reset(self, episode=None) -> None:
+        """Forget the world-model memory: of one episode (its id or batch slot), or of all."""
+        if episode is None:
+            self._memory.clear()
+        else:
+            self._memory.pop(episode, None)
+
+    @torch.no_grad()
+    def predict_action(self, observations: list[dict], num_steps: int | None = None,
+                       generator: torch.Generator | None = None) -> dict[str, np.ndarray]:
+        """observations: B dicts {"image": [C HWC uint8 arrays], "lang": str, "state": (S,) raw,
+        optional "depth": [C (h, w) or (h, w, k) arrays], optional "episode_id"} ->
+        {"actions": (B, H, A) un-normalized, "actions_normalized": (B, H, A), "rrr": (B,), "replan": (B,) bool}.
+
+        One VLM pass; the DiT's cross-attention keys/values are computed once and reused by
+        every Euler step. The drift sees the observed residual: the tokens seen now minus
+        what the policy predicted for them at its previous call of the same episode.
+        """
+        from sagrflow.model.inference import prepare_observations, sample_chunk
+
+        am = self.config.action_model
+        device = self.head.action_out.weight.device
+        images, lang, state, geometry, keys = prepare_observations(self, observations, device)
+        enc = self.encode(images, lang, geometry)
+        prev = [self._memory.get(k) for k in keys]
+        residual = torch.zeros_like(enc.task_tokens)  # (B, K, W)
+        expected = torch.zeros(len(keys), device=device)
+        for i, m in enumerate(prev):
+            if m is not None:
+                residual[i] = enc.task_tokens[i] - m.pred_next
+                expected[i] = (m.pred_next - m.task_tokens).norm()
+        rrr = torch.where(expected > 0, residual.flatten(1).norm(dim=1) / expected.clamp_min(1e-12),
+                          torch.zeros_like(expected))
+        x, temb_end = sample_chunk(self.head, enc, state, residual, num_steps or am.num_inference_timesteps,
+                                   generator)
+        noisy = am.world_action_source == "noisy"
+        pred_next = self.head.predict_next(enc.task_tokens, x, state, temb_end if noisy else None)
+        for i, k in enumerate(keys):
+            self._memory[k] = _Memory(enc.task_tokens[i].clone(), pred_next[i].clone())
+        actions = x if self.action_normalizer is None else self.action_normalizer.unnormalize(x.double())
+        return {
+            "actions": actions.float().cpu().numpy(),
+            "actions_normalized": x.float().cpu().numpy(),
+            "rrr": rrr.float().cpu().numpy(),
+            "replan": (rrr > am.rrr_threshold).cpu().numpy(),
+        }
+
+    # --- checkpoints ---------------------------------------------------------------------
+    def save(self, out_dir: str | Path) -> Path:
+        """Weights (safetensors), config and normalization stats in one self-contained directory."""
+        from safetensors.torch import save_file
+
+        out = Path(out_dir)
+        out.mkdir(parents=True, exist_ok=True)
+        state = {k: v.detach().contiguous().cpu() for k, v in self.state_dict().items()}
+        save_file(state, str(out / WEIGHTS_FILE))
+        (out / CONFIG_FILE).write_text(json.dumps(self.config.to_dict(), indent=2))
+        stats = {"action": None if self.action_normalizer is None else self.action_normalizer.to_json(),
+                 "state": None if self.state_normalizer is None else self.state_normalizer.to_json()}
+        (out / STATS_FILE).write_text(json.dumps(stats, indent=2))
+        self.backbone.save_preprocessors(out / BACKBONE_DIR)
+        return out
+
+    @classmethod
+    def load(cls, path: str | Path, device: torch.device | str = "cpu") -> SAGRPolicy:
+        """Strict load: a missing, unexpected or still-on-meta parameter is an error naming each."""
+        from safetensors.torch import load_file
+
+        src = Path(path)
+        for name in (WEIGHTS_FILE, CONFIG_FILE, STATS_FILE, BACKBONE_DIR):
+            if not (src / name).exists():
+                raise ValueError(f"{src} is not a sagrflow policy directory: {name} is missing")
+        config = FrameworkConfig.from_dict(json.loads((src / CONFIG_FILE).read_text()))
+        stats = json.loads((src / STATS_FILE).read_text())
+        norms = {k: None if v is None else Normalizer.from_json(v) for k, v in stats.items()}
+        policy = cls(config, VLMBackbone.from_config_dir(src / BACKBONE_DIR), norms["action"], norms["state"])
+        missing, unexpected = policy.load_state_dict(load_file(str(src / WEIGHTS_FILE), device=str(device)),
+                                                     strict=False, assign=True)
+        on_meta = [n for n, p in (*policy.named_parameters(), *policy.named_buffers()) if p.is_meta]
+        problems = ([f"missing: {n}" for n in missing] + [f"unexpected: {n}" for n in unexpected]
+                    + [f"on meta device: {n}" for n in on_meta if n not in missing])
+        if problems:
+            raise RuntimeError(f"strict load of {src / WEIGHTS_FILE} failed:\n  " + "\n  ".join(problems))
+        return policy.to(device)
+
+
+def _field(batch, name: str, legacy: str):
+    value = getattr(batch, name, None)
+    return getattr(batch, legacy, None) if value is None else value
+
