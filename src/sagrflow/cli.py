@@ -14,6 +14,7 @@ import sys
 COMMAND_MODULES = (
     "sagrflow.data.cli",
     "sagrflow.model.cli",
+    "sagrflow.sim.cli",
 )
 
 
