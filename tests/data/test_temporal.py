@@ -37,6 +37,15 @@ def test_decoded_frames_are_exactly_t_and_t_plus_k(dataset_root, embodiment, fmt
             assert s[keys.IMAGE_T][cam].shape == (3, 64, 64)
 
 
+@pytest.mark.parametrize("fmt", [f for f in FORMATS if f[1]], ids=format_id)
+def test_torchcodec_backend_decodes_the_same_frames(dataset_root, embodiment, fmt):
+    pytest.importorskip("torchcodec.decoders", reason="torchcodec (and ffmpeg's libraries) not installed")
+    ds = TemporalDataset(dataset_root(*fmt), embodiment, video_backend="torchcodec")
+    for ep, t, s in _all_samples(ds):
+        assert decode_id_image(s[keys.IMAGE_T][0].numpy()) == (ep, t, 0)
+        assert decode_id_image(s[keys.IMAGE_TK][1].numpy()) == (ep, min(t + K, LENGTHS[ep] - 1), 1)
+
+
 def test_validity_rule_at_every_boundary(dataset_root, embodiment):
     ds = TemporalDataset(dataset_root("v2.1", None), embodiment)
     seen = {"t+k=T-1": 0, "t+k=T": 0, "t+k>T": 0}

@@ -91,7 +91,7 @@ def test_torchcodec_backend_matches_pyav(dataset_root):
     pytest.importorskip("torchcodec.decoders", reason="torchcodec (and ffmpeg's libraries) not installed")
     reader = LeRobotReader(dataset_root("v2.1", "h264"))
     path = reader.episodes[0].videos["observation.images.image"].path
-    ts = [0.0, 0.7, 1.9]
+    ts = [0.0, float(np.float32(0.7)), 1.9]  # float32 timestamps as parquet stores them
     a = DecoderCache("pyav").frames_at(path, ts)
     b = DecoderCache("torchcodec").frames_at(path, ts)
     assert [decode_id_image(f) for f in a] == [decode_id_image(f) for f in b]

@@ -70,7 +70,7 @@ class TemporalDataset(Dataset):
         *,
         include_state: bool = False,
         video_backend: str = "pyav",
-        decoder_cache_size: int = 16,
+        decoder_cache_size: int = 64,
     ):
         self.reader = LeRobotReader(root, video_backend=video_backend, decoder_cache_size=decoder_cache_size)
         self.embodiment = embodiment
@@ -164,6 +164,9 @@ class TemporalDataset(Dataset):
     def __getitem__(self, index: int) -> dict:
         return self.sample(*self.locate(index))
 
+    def _frames(self, episode: int, camera: str, frame_ids: np.ndarray) -> np.ndarray:  # -> (N, h, w, 3) uint8
+        return self.reader.frames(episode, camera, frame_ids)
+
     def sample(self, episode: int, t: int) -> dict:
         emb = self.embodiment
         ref = self.reader.episodes[episode]
@@ -175,7 +178,7 @@ class TemporalDataset(Dataset):
         frame_ids = np.array([t, tk] if tk != t else [t])
         image_t, image_tk = [], []
         for cam in self.cameras:
-            frames = to_chw_uint8(self.reader.frames(episode, cam, frame_ids), emb.image_size)  # (1|2, 3, h, w)
+            frames = to_chw_uint8(self._frames(episode, cam, frame_ids), emb.image_size)  # (1|2, 3, h, w)
             image_t.append(frames[0])
             image_tk.append(frames[-1])
         row0 = int(self.reader.episode_starts[episode])

@@ -86,7 +86,7 @@ class MixtureDataset(Dataset):
         image_size: tuple[int, int] | None = None,
         seed: int = 0,
         length: int | None = None,
-        decoder_cache_size: int = 16,
+        decoder_cache_size: int = 64,
     ):
         self.entries = resolve_mix(data_mix)
         root = Path(data_root_dir)

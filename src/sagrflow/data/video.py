@@ -18,8 +18,6 @@ from sagrflow.data.cache import ProcessLocalLRU
 from sagrflow.data.errors import DataError
 
 BACKENDS = ("pyav", "torchcodec")
-# Past this many frames ahead, seeking to the previous keyframe beats decoding forward.
-_FORWARD_WINDOW_FRAMES = 16
 
 
 class VideoReader(Protocol):
@@ -39,10 +37,18 @@ def _check_file(path: Path) -> None:
 
 
 class PyAVReader:
-    """Frame-accurate random access with PyAV: seek to the keyframe before, decode forward."""
+    """Frame-accurate random access with PyAV.
+
+    On open, the packets are demuxed once (no decoding) to learn where the keyframes
+    are. A request then decodes forward from the current position when no keyframe
+    lies in between, and otherwise seeks straight to the keyframe before the target:
+    the fewest frames decoded either way. One reformatter is kept per file so the
+    yuv -> rgb conversion context is built once, not once per frame.
+    """
 
     def __init__(self, path: str | Path, tolerance_s: float = 1e-3):
         import av
+        from av.video.reformatter import VideoReformatter
 
         self.path = Path(path)
         self.tolerance_s = tolerance_s
@@ -50,40 +56,49 @@ class PyAVReader:
         try:
             self._container = av.open(str(self.path))
             self._stream = self._container.streams.video[0]
+            # DataLoader workers are the parallelism; codec threads on top only add hand-off latency
+            self._stream.codec_context.thread_count = 1
+            self._time_base = float(self._stream.time_base)
+            self._keyframes = self._index_keyframes()  # sorted keyframe times (s)
         except (av.error.FFmpegError, IndexError) as exc:
             raise DataError(self.path, f"cannot open video ({exc})", "the mp4 is truncated or corrupt; re-encode it") from exc
-        self._time_base = float(self._stream.time_base)
-        rate = self._stream.average_rate or self._stream.guessed_rate
-        self._frame_s = 1.0 / float(rate) if rate else 1.0 / 30.0
+        self._reformatter = VideoReformatter()
         self._frames = None  # live decode iterator
         self._last_time = None  # time of the last frame the iterator returned
         self._last_frame = None
 
-    def _seek(self, target_s: float) -> None:
+    def _index_keyframes(self) -> np.ndarray:
+        times = [p.pts * self._time_base for p in self._container.demux(self._stream) if p.pts is not None and p.is_keyframe]
+        if not times:
+            raise IndexError("no keyframe in the video stream")
+        return np.sort(np.asarray(times))
+
+    def _keyframe_before(self, target_s: float) -> float:
+        i = np.searchsorted(self._keyframes, target_s + self.tolerance_s, side="right") - 1
+        return float(self._keyframes[max(i, 0)])
+
+    def _seek(self, keyframe_s: float) -> None:
         import av
 
-        offset = max(int(target_s / self._time_base), 0)
         try:
-            self._container.seek(offset, stream=self._stream, backward=True, any_frame=False)
+            self._container.seek(round(keyframe_s / self._time_base), stream=self._stream, backward=True, any_frame=False)
         except av.error.FFmpegError as exc:
-            raise DataError(self.path, f"seek to {target_s:.4f}s failed ({exc})") from exc
+            raise DataError(self.path, f"seek to {keyframe_s:.4f}s failed ({exc})") from exc
         self._frames = self._container.decode(self._stream)
         self._last_time = self._last_frame = None
 
-    def _needs_seek(self, target_s: float) -> bool:
-        if self._frames is None or self._last_time is None:
-            return True
-        already_passed = target_s < self._last_time + self.tolerance_s
-        far_ahead = target_s - self._last_time > _FORWARD_WINDOW_FRAMES * self._frame_s
-        return already_passed or far_ahead
+    def _to_rgb(self, frame) -> np.ndarray:  # -> (h, w, 3) uint8
+        return self._reformatter.reformat(frame, format="rgb24").to_ndarray()
 
     def _decode_one(self, target_s: float) -> np.ndarray:
         import av
 
         if self._last_frame is not None and abs(self._last_time - target_s) <= self.tolerance_s:
-            return self._last_frame.to_ndarray(format="rgb24")
-        if self._needs_seek(target_s):
-            self._seek(target_s)
+            return self._to_rgb(self._last_frame)
+        keyframe = self._keyframe_before(target_s)
+        ahead = self._frames is not None and self._last_time is not None and target_s > self._last_time + self.tolerance_s
+        if not (ahead and keyframe <= self._last_time + self.tolerance_s):
+            self._seek(keyframe)
         last_seen = None
         try:
             for frame in self._frames:
@@ -95,7 +110,7 @@ class PyAVReader:
                 if t < target_s - self.tolerance_s:
                     continue
                 if t <= target_s + self.tolerance_s:
-                    return frame.to_ndarray(format="rgb24")
+                    return self._to_rgb(frame)
                 raise DataError(
                     self.path,
                     f"no frame at timestamp {target_s:.4f}s (next frame is at {t:.4f}s)",
@@ -107,7 +122,7 @@ class PyAVReader:
         where = f"last frame at {last_seen:.4f}s" if last_seen is not None else "no frame after the seek point"
         raise DataError(self.path, f"timestamp {target_s:.4f}s is outside the video ({where})")
 
-    def frames_at(self, timestamps: Sequence[float]) -> np.ndarray:
+    def frames_at(self, timestamps: Sequence[float]) -> np.ndarray:  # -> (N, h, w, 3) uint8
         order = np.argsort(np.asarray(timestamps, dtype=np.float64), kind="stable")
         decoded: dict[float, np.ndarray] = {}
         for i in order:
@@ -142,7 +157,8 @@ class TorchCodecReader:
 
     def frames_at(self, timestamps: Sequence[float]) -> np.ndarray:
         try:
-            batch = self._decoder.get_frames_played_at(seconds=[float(t) for t in timestamps])
+            # parquet timestamps are often float32 (0.7 -> 0.6999999): nudge inside the frame's display interval
+            batch = self._decoder.get_frames_played_at(seconds=[float(t) + self.tolerance_s for t in timestamps])
         except (IndexError, RuntimeError, ValueError) as exc:
             raise DataError(self.path, f"cannot decode timestamps {list(timestamps)} ({exc})") from exc
         pts = batch.pts_seconds.numpy()

@@ -49,7 +49,7 @@ def _decode_png(cell: dict) -> np.ndarray:  # -> (h, w, 3) uint8
 
 
 class LeRobotReader:
-    def __init__(self, root: str | Path, video_backend: str = "pyav", decoder_cache_size: int = 16, use_cache: bool = True):
+    def __init__(self, root: str | Path, video_backend: str = "pyav", decoder_cache_size: int = 64, use_cache: bool = True):
         self.meta: DatasetMeta = load_meta(root)
         self.root = self.meta.root
         self.numeric_keys = [

@@ -85,6 +85,7 @@ class _VideoStream:
         self.stream.codec_context.gop_size = spec.gop
         preset = "veryfast" if spec.video_codec == "h264" else "10"
         self.stream.options = {"crf": str(spec.crf), "preset": preset}
+        self.stream.codec_context.max_b_frames = 0  # no reordering delay: a seek decodes only up to its target
         self.frames = 0
 
     def append(self, images: np.ndarray) -> None:  # (T, h, w, 3) uint8
