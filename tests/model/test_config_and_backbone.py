@@ -1,0 +1,90 @@
+import pytest
+import torch
+from transformers import AutoImageProcessor, AutoModelForImageTextToText, AutoTokenizer
+
+from sagrflow.cli import main as cli_main
+from sagrflow.model.backbone import VLMBackbone, select_layers
+from sagrflow.model.config import FrameworkConfig
+from sagrflow.model.tiny import make_tiny
+
+from .conftest import C, IMG, build_policy
+
+
+def test_config_from_dict_rejects_unknown_keys_by_dotted_name():
+    with pytest.raises(ValueError, match=r"framework\.action_model\.loss_w_dynn"):
+        FrameworkConfig.from_dict({"action_model": {"loss_w_dynn": 0.3}})
+    with pytest.raises(ValueError, match=r"framework\.backbone\.pathh"):
+        FrameworkConfig.from_dict({"backbone": {"pathh": "x"}})
+
+
+def test_config_defaults_and_validation_messages():
+    cfg = FrameworkConfig.from_dict({})
+    am = cfg.action_model
+    assert (am.loss_w_fm, am.loss_w_dyn, am.loss_w_geo, am.loss_w_reg) == (1.0, 0.2, 0.1, 1e-3)
+    assert am.rrr_threshold == 2.5 and am.world_action_source == "teacher"
+    assert cfg.backbone.path == "tiny:qwen2_5_vl"
+    with pytest.raises(ValueError, match="world_action_source"):
+        FrameworkConfig.from_dict({"action_model": {"world_action_source": "expert"}})
+    with pytest.raises(ValueError, match="dit_heads"):
+        FrameworkConfig.from_dict({"action_model": {"dit_width": 30, "dit_heads": 4}})
+    with pytest.raises(ValueError, match="geometry_encoder is 'none'"):
+        FrameworkConfig.from_dict({"action_model": {"use_geometric_branch": True, "geometry_encoder": "none"}})
+    assert FrameworkConfig.from_dict(cfg.to_dict()) == cfg
+
+
+def test_select_layers_first_last_list_and_clear_errors():
+    assert select_layers("first", 2, 4) == [0, 1]
+    assert select_layers("last", 2, 4) == [2, 3]
+    assert select_layers([0, -1], 2, 4) == [0, 3]
+    with pytest.raises(ValueError, match="DiT has 6 blocks but the VLM has only 4 layers"):
+        select_layers("last", 6, 4)
+    with pytest.raises(ValueError, match="lists 3 VLM layers but the DiT has 2 blocks"):
+        select_layers([0, 1, 2], 2, 4)
+    with pytest.raises(ValueError, match="out of range"):
+        select_layers([0, 4], 2, 4)
+
+
+def test_policy_rejects_dit_deeper_than_vlm(tiny_dir):
+    with pytest.raises(ValueError, match="dit_depth <= 4"):
+        build_policy(tiny_dir, dit_depth=5)
+    policy = build_policy(tiny_dir, dit_depth=2)
+    assert policy.layer_ids == [2, 3] and len(policy.head.dit.blocks) == 2
+
+
+@pytest.mark.parametrize("arch", ["qwen2_5_vl", "qwen3_vl", "llava"])
+def test_backbone_returns_every_layer_mask_and_visual_positions(tiny_dirs, arch):
+    bb = VLMBackbone.from_pretrained(tiny_dirs[arch])
+    images = torch.randint(0, 256, (2, C, 3, IMG, IMG), dtype=torch.uint8)
+    out = bb(images, ["pick up the red cup", "go"])
+    assert len(out.hidden_states) == bb.num_layers + 1 == 5
+    seq = out.attention_mask.shape[1]
+    assert all(h.shape == (2, seq, bb.hidden_size) for h in out.hidden_states)
+    # 2x2 merged tokens per camera (Qwen) / 2x2 patches (LLaVA), for each of the C cameras
+    assert out.visual_mask.sum(1).tolist() == [4 * C, 4 * C]
+    assert out.attention_mask.sum(1)[0] > out.attention_mask.sum(1)[1]  # "go" is padded
+    assert not (out.visual_mask & ~out.attention_mask).any()
+    # right padding is inert: the short prompt alone gives the same hidden states
+    alone = bb(images[1:], ["go"])
+    n = alone.attention_mask.shape[1]
+    assert n == int(out.attention_mask[1].sum())
+    torch.testing.assert_close(alone.hidden_states[-1][0], out.hidden_states[-1][1, :n], atol=1e-5, rtol=1e-4)
+
+
+def test_make_tiny_cli_writes_a_standard_checkpoint(tmp_path):
+    out = tmp_path / "tiny_llava"
+    assert cli_main(["model", "make-tiny", "--arch", "llava", "--out", str(out)]) == 0
+    model = AutoModelForImageTextToText.from_pretrained(out)
+    tok = AutoTokenizer.from_pretrained(out)
+    proc = AutoImageProcessor.from_pretrained(out)
+    assert model.config.model_type == "llava"
+    assert tok.convert_tokens_to_ids("<image>") == model.config.image_token_id
+    assert "Pil" in type(proc).__name__  # no torchvision needed
+    with pytest.raises(ValueError, match="unknown tiny arch"):
+        make_tiny("gpt2", tmp_path / "x")
+
+
+def test_same_seed_gives_same_tiny_weights(tmp_path):
+    a = AutoModelForImageTextToText.from_pretrained(make_tiny("qwen2_5_vl", tmp_path / "a"))
+    b = AutoModelForImageTextToText.from_pretrained(make_tiny("qwen2_5_vl", tmp_path / "b"))
+    for (name, pa), (_, pb) in zip(a.state_dict().items(), b.state_dict().items(), strict=True):
+        assert torch.equal(pa, pb), name

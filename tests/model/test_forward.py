@@ -1,0 +1,217 @@
+"""The training forward: shapes, the no-graph target pass, exact masking, teacher/noisy, weights, determinism."""
+
+import dataclasses
+from types import SimpleNamespace
+
+import pytest
+import torch
+
+from sagrflow.model.dit import sample_time
+from sagrflow.model.losses import masked_fm_loss, masked_mean, reduce_losses
+
+from .conftest import B, C, H, S, build_policy, make_batch, seeded_forward
+
+TERMS = ("loss_fm", "loss_dyn", "loss_geo", "loss_reg")
+DIAGNOSTICS = ("valid_tk_ratio", "has_image_tk", "task_tokens_next_available",
+               "absmax/task_tokens", "absmax/pred_velocity", "absmax/drift")
+
+
+@pytest.fixture(scope="module")
+def policy(tiny_dir):
+    return build_policy(tiny_dir)
+
+
+def grads(policy):
+    return {n: p.grad.clone() for n, p in policy.named_parameters() if p.grad is not None}
+
+
+def loss_and_grads(policy, batch, seed=123):
+    policy.zero_grad(set_to_none=True)
+    out = seeded_forward(policy, batch, seed)
+    total, _ = reduce_losses(out, policy.config.action_model.loss_weights)
+    total.backward()
+    return out, total.detach(), grads(policy)
+
+
+def test_forward_shapes_and_diagnostics(policy):
+    out = seeded_forward(policy, make_batch())
+    for k in TERMS:
+        assert out[k].shape == (B,) and torch.isfinite(out[k]).all(), k
+    for k in DIAGNOSTICS:
+        assert out[k].shape == () and torch.isfinite(out[k]), k
+    assert out["valid_tk_ratio"].item() == pytest.approx(2 / 3)
+    assert out["has_image_tk"].item() == 1.0 and out["task_tokens_next_available"].item() == 1.0
+    assert out["absmax/drift"] <= policy.config.action_model.drift_eta
+
+
+def test_legacy_fallbacks_image_and_missing_image_tk(policy):
+    batch = make_batch()
+    no_tk = dataclasses.replace(batch, image_tk=None)
+    out = seeded_forward(policy, no_tk)
+    assert out["has_image_tk"].item() == 0.0 and all(out[k].shape == (B,) for k in TERMS)
+    # image_tk missing == image_tk equal to image_t
+    same = seeded_forward(policy, dataclasses.replace(batch, image_tk=batch.image_t))
+    for k in TERMS:
+        torch.testing.assert_close(out[k], same[k])
+    # a legacy batch: `image` and `state` only, no valid_tk -> all pairs invalid
+    legacy = SimpleNamespace(image=batch.image_t, state=batch.state_t, action=batch.action,
+                             action_mask=batch.action_mask, lang=batch.lang)
+    out = seeded_forward(policy, legacy)
+    assert out["valid_tk_ratio"].item() == 0.0 and out["task_tokens_next_available"].item() == 0.0
+    assert all(out[k].shape == (B,) for k in TERMS)
+
+
+def test_state_required_when_state_dim_set(policy):
+    with pytest.raises(ValueError, match="include_state"):
+        policy(make_batch(state=False))
+
+
+def test_target_pass_builds_no_graph(policy):
+    grad_modes, outputs = [], []
+    h1 = policy.backbone.vlm.register_forward_hook(lambda m, i, o: grad_modes.append(torch.is_grad_enabled()))
+    h2 = policy.anchor.register_forward_hook(lambda m, i, o: outputs.append(o))
+    try:
+        out = seeded_forward(policy, make_batch())
+    finally:
+        h1.remove()
+        h2.remove()
+    assert grad_modes == [True, False]  # image_t with gradients, image_tk without
+    assert outputs[0].requires_grad and outputs[1].grad_fn is None and not outputs[1].requires_grad
+    # and the world loss does reach the VLM through the t branch
+    policy.zero_grad(set_to_none=True)
+    masked_mean(out["loss_dyn"], out["valid_tk"]).backward()
+    assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in policy.backbone.parameters())
+
+
+def test_invalid_pair_target_changes_no_loss_or_gradient(policy):
+    batch = make_batch()  # sample 1 has valid_tk = 0
+    changed_tk = batch.image_tk.clone()
+    changed_tk[1] = 255 - changed_tk[1]
+    other = dataclasses.replace(batch, image_tk=changed_tk)
+    out_a, total_a, g_a = loss_and_grads(policy, batch)
+    out_b, total_b, g_b = loss_and_grads(policy, other)
+    for k in TERMS:
+        assert torch.equal(out_a[k], out_b[k]), k
+    assert torch.equal(total_a, total_b)
+    assert g_a.keys() == g_b.keys()
+    for n in g_a:
+        assert torch.equal(g_a[n], g_b[n]), n
+    # a valid sample's target does matter (the check above can fail)
+    changed_tk[0] = 255 - changed_tk[0]
+    out_c = seeded_forward(policy, dataclasses.replace(batch, image_tk=changed_tk))
+    assert not torch.equal(out_a["loss_dyn"][0], out_c["loss_dyn"][0])
+
+
+def test_all_invalid_batch_gives_zero_world_losses_not_nan(policy):
+    out, total, g = loss_and_grads(policy, make_batch(valid=[0.0, 0.0, 0.0]))
+    _, terms = reduce_losses(out, policy.config.action_model.loss_weights)
+    for k in ("loss_dyn", "loss_geo", "loss_reg"):
+        assert terms[k].item() == 0.0
+    assert torch.isfinite(total) and terms["loss_fm"] > 0
+    assert out["task_tokens_next_available"].item() == 0.0  # the target pass was skipped
+    assert all(torch.isfinite(v).all() for v in g.values())
+
+
+def test_masked_mean_ignores_nan_in_masked_samples():
+    values = torch.tensor([1.0, float("nan"), 3.0], requires_grad=True)
+    m = masked_mean(values, torch.tensor([1.0, 0.0, 1.0]))
+    m.backward()
+    assert m.item() == 2.0 and torch.isfinite(values.grad).all()
+    assert masked_mean(values, torch.zeros(3)).item() == 0.0
+
+
+def test_action_mask_applies_to_fm():
+    v, target = torch.randn(2, H, 3), torch.randn(2, H, 3)
+    mask = torch.ones(2, H)
+    mask[0, 4:] = 0
+    base = masked_fm_loss(v, target, mask)
+    v2 = v.clone()
+    v2[0, 4:] += 100.0
+    torch.testing.assert_close(masked_fm_loss(v2, target, mask), base)
+    assert base[0].item() == pytest.approx(((v[0, :4] - target[0, :4]) ** 2).mean().item(), rel=1e-6)
+
+
+def test_teacher_and_noisy_feed_the_world_predictor_differently(tiny_dir):
+    batch = make_batch()
+    seen = {}
+    for source in ("teacher", "noisy"):
+        policy = build_policy(tiny_dir, world_action_source=source)
+        hook = policy.head.world.register_forward_hook(lambda m, args, o, s=source: seen.update({s: (args, o)}))
+        seeded_forward(policy, batch)
+        hook.remove()
+    r = 2
+    teacher_actions = seen["teacher"][0][1]
+    noisy_actions = seen["noisy"][0][1]
+    assert torch.equal(teacher_actions, batch.action.repeat_interleave(r, 0))
+    assert not torch.allclose(noisy_actions, teacher_actions)
+    assert seen["teacher"][0][3] is None and seen["noisy"][0][3] is not None  # only noisy sees the time
+    assert not torch.allclose(seen["teacher"][1], seen["noisy"][1])
+
+
+def test_loss_weights_are_applied(policy):
+    out = seeded_forward(policy, make_batch())
+    w = {"fm": 1.0, "dyn": 0.2, "geo": 0.1, "reg": 1e-3}
+    total, terms = reduce_losses(out, w)
+    manual = sum(w[k] * terms[f"loss_{k}"] for k in w)
+    torch.testing.assert_close(total, manual)
+    only_fm, _ = reduce_losses(out, {"fm": 1.0, "dyn": 0.0, "geo": 0.0, "reg": 0.0})
+    torch.testing.assert_close(only_fm, terms["loss_fm"])
+    doubled, _ = reduce_losses(out, {"fm": 1.0, "dyn": 0.4, "geo": 0.1, "reg": 1e-3})
+    torch.testing.assert_close(doubled - total, 0.2 * terms["loss_dyn"])
+    with pytest.raises(ValueError, match="needs weights"):
+        reduce_losses(out, {"fm": 1.0})
+
+
+def test_same_seed_is_deterministic(tiny_dir):
+    batch = make_batch()
+    a = seeded_forward(build_policy(tiny_dir, seed=5), batch, seed=9)
+    b = seeded_forward(build_policy(tiny_dir, seed=5), batch, seed=9)
+    c = seeded_forward(build_policy(tiny_dir, seed=5), batch, seed=10)
+    for k in TERMS:
+        assert torch.equal(a[k], b[k]), k
+    assert not torch.equal(a["loss_fm"], c["loss_fm"])
+
+
+def test_time_is_never_sampled_at_the_endpoints():
+    t = sample_time(200_000, 1e-3)
+    assert t.min() >= 1e-3 and t.max() <= 1 - 1e-3
+    assert 0.0 < t.min() and t.max() < 1.0
+
+
+def test_state_changes_the_velocity(policy):
+    """Guards against the cross-attention-only DiT in which the state token never reaches the actions."""
+    batch = make_batch()
+    other = dataclasses.replace(batch, state_t=batch.state_t + 1.0)
+    a = seeded_forward(policy, batch)
+    b = seeded_forward(policy, other)
+    assert (a["loss_fm"] - b["loss_fm"]).abs().max() > 1e-4
+
+
+def test_few_optimizer_steps_drive_fm_down(tiny_dir):
+    policy = build_policy(tiny_dir, seed=1, repeated_diffusion_steps=4)
+    batch = make_batch()
+    weights = policy.config.action_model.loss_weights
+
+    def fm():
+        with torch.no_grad():
+            return seeded_forward(policy, batch, seed=0)["loss_fm"].mean().item()
+
+    before = fm()
+    opt = torch.optim.AdamW(policy.parameters(), lr=1e-3)
+    for step in range(30):
+        opt.zero_grad()
+        torch.manual_seed(step)
+        total, _ = reduce_losses(policy(batch), weights)
+        total.backward()
+        opt.step()
+    after = fm()
+    assert after < 0.8 * before, (before, after)
+
+
+def test_shapes_without_state_and_with_one_camera(tiny_dir):
+    policy = build_policy(tiny_dir, state_dim=0)
+    batch = make_batch(state=False)
+    one_cam = dataclasses.replace(batch, image_t=batch.image_t[:, :1], image_tk=batch.image_tk[:, :1])
+    out = seeded_forward(policy, one_cam)
+    assert all(out[k].shape == (B,) for k in TERMS)
+    assert policy.head.state_in is None and C == 2 and S == 5
