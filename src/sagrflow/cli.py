@@ -15,6 +15,7 @@ COMMAND_MODULES = (
     "sagrflow.data.cli",
     "sagrflow.model.cli",
     "sagrflow.sim.cli",
+    "sagrflow.tools.cli",
 )
 
 

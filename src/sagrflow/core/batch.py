@@ -10,8 +10,10 @@ Legend: B batch, C cameras, H action horizon, A action dim, S state dim, L text 
 from __future__ import annotations
 
 from dataclasses import dataclass, fields, replace
+from typing import TYPE_CHECKING
 
-import torch
+if TYPE_CHECKING:  # torch stays out of import time: CLI and config code read the keys alone
+    import torch
 
 # --- sample keys (DESIGN.md section 2) -------------------------------------------------
 IMAGE_T = "image_t"  # list[C] of uint8 (3, h, w) tensors at t
@@ -73,6 +75,8 @@ class Batch:
         return self.state_t
 
     def to(self, device: torch.device | str, non_blocking: bool = False) -> Batch:
+        import torch
+
         moved = {}
         for f in fields(self):
             value = getattr(self, f.name)
@@ -82,6 +86,8 @@ class Batch:
 
     def pin_memory(self) -> Batch:
         """Called by torch's DataLoader when `pin_memory=True`."""
+        import torch
+
         pinned = {
             f.name: getattr(self, f.name).pin_memory()
             for f in fields(self)

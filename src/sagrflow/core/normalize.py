@@ -16,7 +16,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-import torch
 
 MODES = ("min_max", "q99", "mean_std", "none")
 STAT_NAMES = ("min", "max", "mean", "std", "q01", "q99")
@@ -98,6 +97,11 @@ def merge_stats(parts: list[FeatureStats]) -> FeatureStats:
     )
 
 
+def _is_tensor(x) -> bool:
+    # duck-typed so this module (read by configs and the CLI) does not import torch
+    return type(x).__module__.startswith("torch")
+
+
 class Normalizer:
     """Normalizes a (..., d) vector per dimension; `unnormalize` is its inverse.
 
@@ -131,7 +135,9 @@ class Normalizer:
         return self.stats.dim
 
     def _params(self, like):
-        if isinstance(like, torch.Tensor):
+        if _is_tensor(like):
+            import torch
+
             def conv(a):
                 return torch.as_tensor(a, dtype=like.dtype, device=like.device)
             return conv(self._shift), conv(self._scale), conv(self._inv_scale), torch.as_tensor(self._clip, device=like.device)
@@ -146,8 +152,8 @@ class Normalizer:
         self._check(x)
         shift, scale, _, clip = self._params(x)
         y = (x - shift) * scale
-        if isinstance(x, torch.Tensor):
-            return torch.where(clip, y.clamp(-1.0, 1.0), y)
+        if _is_tensor(x):
+            return y.where(~clip, y.clamp(-1.0, 1.0))
         return np.where(clip, np.clip(y, -1.0, 1.0), y).astype(shift.dtype)
 
     def unnormalize(self, y):

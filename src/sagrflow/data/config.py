@@ -1,0 +1,45 @@
+"""`datasets.vla_data`: the data section of a training config (DESIGN.md section 6 keys)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+from sagrflow.core.config import ConfigError, from_dict
+from sagrflow.data.video import BACKENDS
+
+
+@dataclass(frozen=True)
+class VlaDataConfig:
+    data_root_dir: str = "data"
+    data_mix: str | list[dict] = "sim_all"  # a named mix, or [{path, weight, robot_type}, ...]
+    per_device_batch_size: int = 16
+    include_state: bool = True
+    video_backend: str = field(default="pyav", metadata={"choices": BACKENDS})
+    image_size: tuple[int, ...] | None = None  # (h, w); None keeps each embodiment's
+    observation_indices: tuple[int, ...] | None = None  # None keeps each embodiment's
+    num_workers: int = 2
+    decoder_cache_size: int = 64  # open video files kept per worker
+    seed: int = 0
+
+    def __post_init__(self):
+        if self.per_device_batch_size < 1:
+            raise ConfigError(f"datasets.vla_data.per_device_batch_size must be >= 1, got {self.per_device_batch_size}")
+        if self.image_size is not None and (len(self.image_size) != 2 or min(self.image_size) < 1):
+            raise ConfigError(f"datasets.vla_data.image_size must be [h, w], got {list(self.image_size)}")
+        if self.num_workers < 0:
+            raise ConfigError(f"datasets.vla_data.num_workers must be >= 0, got {self.num_workers}")
+
+
+def load_data_section(config_yaml: str | Path) -> VlaDataConfig:
+    """Only the `datasets.vla_data` section of a YAML config, typed."""
+    path = Path(config_yaml)
+    if not path.is_file():
+        raise ConfigError(f"{path}: config file not found")
+    raw = yaml.safe_load(path.read_text()) or {}
+    section = (raw.get("datasets") or {}).get("vla_data")
+    if section is None:
+        raise ConfigError(f"{path}: has no datasets.vla_data section")
+    return from_dict(VlaDataConfig, section, "datasets.vla_data")
