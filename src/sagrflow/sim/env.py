@@ -100,6 +100,12 @@ class SimEnv:
         truncated = not success and self.steps >= self.max_steps
         return self._obs(), float(success), success, truncated, self._info(success)
 
+    def render(self) -> dict[str, np.ndarray]:
+        """The cameras (and depth maps) of the current state; needs `render=True`."""
+        if self._renderer is None:
+            raise ValueError("this env was made with render=False; make it with render=True to get images")
+        return self._renderer.render(self.scene)
+
     def success(self) -> bool:
         return all(g.done(self.scene) for g in self.goals)
 
@@ -151,7 +157,7 @@ class SimEnv:
     def _obs(self) -> dict:
         obs = {"state": self.state()}
         if self._renderer is not None:
-            obs.update(self._renderer.render(self.scene))
+            obs.update(self.render())
         return obs
 
     def _info(self, success: bool | None = None) -> dict:

@@ -95,7 +95,7 @@ def _scene(rng: np.random.Generator, receptacles: list[str], blocks: list[str],
     """A scene with `receptacles` then `blocks` (colours); positions sampled unless given."""
     items = receptacles + blocks
     centers = centers if centers is not None else _layout(rng, items)
-    recs: list[Receptacle] = [_MAKERS[k](*c) for k, c in zip(receptacles, centers)]
+    recs: list[Receptacle] = [_MAKERS[k](*c) for k, c in zip(receptacles, centers[: len(receptacles)], strict=True)]
     pos = np.zeros((len(blocks), 3))
     for i, (x, y) in enumerate(centers[len(receptacles):]):
         pos[i] = (x, y, 0.0)
