@@ -7,7 +7,7 @@ from sagrflow.model.backbone import VLMBackbone, select_layers
 from sagrflow.model.config import FrameworkConfig
 from sagrflow.model.tiny import make_tiny
 
-from .conftest import C, IMG, build_policy
+from .conftest import IMG, C, build_policy
 
 
 def test_config_from_dict_rejects_unknown_keys_by_dotted_name():

@@ -1,0 +1,136 @@
+"""predict_action (Euler steps, un-normalization, drift memory, RRR), padding, state, save / load."""
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+
+from sagrflow.model.inference import sample_chunk
+from sagrflow.model.policy import WEIGHTS_FILE, SAGRPolicy
+
+from .conftest import A, H, S, build_policy, normalizer, observation
+
+
+@pytest.fixture(scope="module")
+def policy(tiny_dir):
+    p = build_policy(tiny_dir, action_normalizer=normalizer(A, -2.0, 4.0), state_normalizer=normalizer(S, -1.0, 1.0))
+    return p.eval()
+
+
+def predict(policy, obs, seed=0, **kw):
+    return policy.predict_action(obs, generator=torch.Generator().manual_seed(seed), **kw)
+
+
+@pytest.mark.parametrize("steps", [1, 10])
+def test_predict_action_shapes_and_unnormalization(policy, steps):
+    policy.reset()
+    out = predict(policy, [observation(0), observation(1)], num_steps=steps)
+    assert out["actions"].shape == out["actions_normalized"].shape == (2, H, A)
+    assert out["rrr"].shape == out["replan"].shape == (2,) and out["replan"].dtype == bool
+    assert np.isfinite(out["actions"]).all()
+    # min_max over [-2, 4]: a = 3 * a_norm + 1
+    np.testing.assert_allclose(out["actions"], 3 * out["actions_normalized"] + 1, rtol=1e-5, atol=1e-5)
+
+
+def test_euler_reuses_cached_cross_attention(policy):
+    obs = [observation(0)]
+    calls = []
+    kv = policy.head.dit.blocks[0].cross_attn.kv
+    hook = kv.register_forward_hook(lambda *a: calls.append(1))
+    try:
+        policy.reset()
+        predict(policy, obs, num_steps=10)
+    finally:
+        hook.remove()
+    assert len(calls) == 1  # projected once, attended 10 times
+
+
+def test_state_changes_predicted_actions(policy):
+    obs = observation(0, state=np.zeros(S))
+    other = dict(obs, state=np.full(S, 0.9))
+    policy.reset()
+    a = predict(policy, [obs])["actions"]
+    policy.reset()
+    b = predict(policy, [other])["actions"]
+    assert np.abs(a - b).max() > 1e-4
+
+
+def test_padding_in_the_vlm_input_does_not_change_outputs(policy):
+    short = observation(0, lang="go")
+    long = observation(1, lang="pick up the red cup and put it in the top drawer")
+    with torch.no_grad():
+        batch = policy.backbone.prepare_inputs(torch.zeros(2, 1, 3, 56, 56, dtype=torch.uint8), ["go", long["lang"]])
+        assert batch["attention_mask"][0].sum() < batch["attention_mask"].shape[1]  # "go" really is padded
+    from sagrflow.model.inference import prepare_observations
+
+    def velocity(obs_list):
+        images, lang, state, _, _ = prepare_observations(policy, obs_list, torch.device("cpu"))
+        with torch.no_grad():
+            enc = policy.encode(images, lang)
+            x = torch.linspace(-1, 1, H * A).view(1, H, A).expand(len(obs_list), H, A)
+            residual = torch.zeros_like(enc.task_tokens)
+            g = torch.Generator().manual_seed(0)
+            chunk, _ = sample_chunk(policy.head, enc, state, residual, 3, g)
+            ctx = policy.head.prepare_context(enc.vl_embs_list, enc.mask)
+            v = policy.head.velocity(ctx, x, policy.head.time(torch.full((len(obs_list),), 0.3)), state)
+        return enc.task_tokens, v, chunk
+
+    tt_alone, v_alone, _ = velocity([short])
+    tt_batch, v_batch, _ = velocity([short, long])
+    torch.testing.assert_close(tt_alone[0], tt_batch[0], atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(v_alone[0], v_batch[0], atol=1e-5, rtol=1e-4)
+
+
+def test_drift_memory_rrr_and_reset(tiny_dir):
+    policy = build_policy(tiny_dir, drift_eta=0.5, rrr_threshold=0.0).eval()
+    obs = observation(0)
+    first = predict(policy, [obs])
+    assert first["rrr"][0] == 0.0 and not first["replan"][0]  # nothing remembered yet
+    second = predict(policy, [observation(3)])
+    assert second["rrr"][0] > 0 and second["replan"][0]  # residual > 0 = threshold
+    # the drift used the observed residual: same noise, different actions than without memory
+    policy.reset()
+    fresh = predict(policy, [observation(3)])
+    assert fresh["rrr"][0] == 0.0
+    assert np.abs(fresh["actions"] - second["actions"]).max() > 1e-6
+    # memory is per episode
+    policy.reset()
+    predict(policy, [dict(obs, episode_id="a")])
+    other = predict(policy, [dict(observation(3), episode_id="b")])
+    assert other["rrr"][0] == 0.0
+
+
+def test_predict_action_validates_observations(policy):
+    with pytest.raises(ValueError, match="no 'state'"):
+        policy.predict_action([{"image": observation(0)["image"], "lang": "x"}])
+    with pytest.raises(ValueError, match="no 'image'"):
+        policy.predict_action([{"lang": "x", "state": np.zeros(S)}])
+
+
+def test_save_then_load_gives_identical_predictions(policy, tmp_path):
+    policy.save(tmp_path / "ckpt")
+    loaded = SAGRPolicy.load(tmp_path / "ckpt").eval()
+    assert loaded.config == policy.config
+    assert loaded.action_normalizer.to_json() == policy.action_normalizer.to_json()
+    obs = [observation(0), observation(1)]
+    policy.reset()
+    a = predict(policy, obs, seed=7)
+    b = predict(loaded, obs, seed=7)
+    np.testing.assert_array_equal(a["actions"], b["actions"])
+    for (n1, p1), (n2, p2) in zip(policy.state_dict().items(), loaded.state_dict().items(), strict=True):
+        assert n1 == n2 and torch.equal(p1, p2), n1
+
+
+def test_strict_load_names_missing_and_unexpected(policy, tmp_path):
+    ckpt = policy.save(tmp_path / "bad")
+    weights = load_file(str(ckpt / WEIGHTS_FILE))
+    dropped = "head.action_out.weight"
+    vlm_key = next(k for k in weights if k.startswith("backbone.vlm."))
+    del weights[dropped], weights[vlm_key]
+    weights["head.not_a_param"] = torch.zeros(1)
+    save_file(weights, str(ckpt / WEIGHTS_FILE))
+    with pytest.raises(RuntimeError) as err:
+        SAGRPolicy.load(ckpt)
+    msg = str(err.value)
+    assert f"missing: {dropped}" in msg and "unexpected: head.not_a_param" in msg
+    assert f"missing: {vlm_key}" in msg  # the VLM parameter left on the meta device is named too
