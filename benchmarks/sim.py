@@ -1,10 +1,11 @@
 """Simulator throughput: env steps/s with both cameras rendered, and demo generation time.
 
-    python benchmarks/sim.py [--steps 5000] [--image-size 128] [--generate 50]
+    python benchmarks/sim.py [--steps 5000] [--image-size 128] [--generate 50] [--expert-seeds 100]
 
 Steps run single-threaded with random actions (resets included), so steps per CPU-second
 is the per-core rate. Each line also prints the ratio to the issue's targets, measured in
-this run: 1,000 steps/s per core with both 128x128 cameras, 200 demo episodes in 120 s.
+this run: 1,000 steps/s per core with both 128x128 cameras, 200 demo episodes in 120 s,
+and the scripted expert's success rate per task against the 95% bar.
 """
 
 from __future__ import annotations
@@ -15,10 +16,11 @@ import time
 
 import numpy as np
 
-from sagrflow.sim import SimConfig, SimEnv, task_names
+from sagrflow.sim import SimConfig, SimEnv, run_expert, task_names
 
 TARGET_STEPS_PER_CORE = 1000.0
 TARGET_GENERATE_S = 120.0
+TARGET_EXPERT_SUCCESS = 0.95
 
 
 def steps_per_second(config: SimConfig, steps: int, seed: int = 0) -> tuple[float, float]:
@@ -42,6 +44,8 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=5000)
     parser.add_argument("--image-size", type=int, default=128)
     parser.add_argument("--generate", type=int, default=50, help="episodes per family to time (0: skip)")
+    parser.add_argument("--expert-seeds", type=int, default=100, help="seeds per task for the expert (0: skip)")
+    parser.add_argument("--noise", type=float, nargs="+", default=[0.0, 0.1], help="expert noise levels")
     args = parser.parse_args()
 
     print(f"env steps ({args.steps} random-action steps over all tasks, image {args.image_size}):")
@@ -66,6 +70,18 @@ def main() -> None:
         print(f"generate --suite all: {n} episodes (h264, v2.1) in {seconds:.1f} s, {n / seconds:.1f} episodes/s   "
               f"target {TARGET_GENERATE_S:.0f} s for 200 / measured (scaled to 200): "
               f"{TARGET_GENERATE_S / (seconds * 200 / n):.2f}x")
+
+    if args.expert_seeds:
+        print(f"expert success over seeds 0..{args.expert_seeds - 1} (ratio to the {TARGET_EXPERT_SUCCESS:.0%} bar):")
+        for name in task_names():
+            env = SimEnv(name, render=False)
+            cells = []
+            for noise in args.noise:
+                results = [run_expert(env, seed, noise) for seed in range(args.expert_seeds)]
+                rate = float(np.mean([ok for ok, _ in results]))
+                steps = float(np.mean([n for _, n in results]))
+                cells.append(f"noise {noise:.2f}: {rate:6.1%} ({rate / TARGET_EXPERT_SUCCESS:.2f}x) {steps:5.1f} steps")
+            print(f"  {name:34s} " + "   ".join(cells))
 
 
 if __name__ == "__main__":

@@ -162,6 +162,15 @@ def test_unknown_names_list_the_valid_ones():
     assert len(task_names()) >= 10 and {get_task(n).family for n in task_names()} == {"spatial", "object", "goal", "long"}
 
 
+def test_bad_config_is_a_value_error():
+    with pytest.raises(ValueError, match="valid keys: .*image_size"):
+        SimEnv("goal/lift_blue", imagesize=64)
+    with pytest.raises(ValueError, match="image_size"):
+        make("goal/lift_blue", image_size=8)
+    with pytest.raises(ValueError, match="max_steps"):
+        SimConfig(max_steps=0)
+
+
 def test_truncation_at_max_steps():
     env = SimEnv("goal/lift_blue", render=False, max_steps=5)
     env.reset(seed=0)

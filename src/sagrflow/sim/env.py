@@ -12,7 +12,7 @@ drops the block onto whatever is below. So the frame at t+k depends on the actio
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 
 import numpy as np
 
@@ -39,6 +39,17 @@ class SimConfig:
         h, w = self.size
         if h < 16 or w < 16:
             raise ValueError(f"image_size must be at least 16 pixels, got {self.image_size}")
+        if self.max_steps is not None and self.max_steps < 1:
+            raise ValueError(f"max_steps must be >= 1 or None, got {self.max_steps}")
+
+    @classmethod
+    def from_kwargs(cls, **kwargs) -> SimConfig:
+        """Like `SimConfig(**kwargs)`, but a misspelled key is a ValueError naming the valid ones."""
+        valid = {f.name for f in fields(cls)}
+        unknown = sorted(set(kwargs) - valid)
+        if unknown:
+            raise ValueError(f"unknown sim config keys {unknown}; valid keys: {sorted(valid)}")
+        return cls(**kwargs)
 
     @property
     def size(self) -> tuple[int, int]:
@@ -52,7 +63,7 @@ class SimEnv:
     def __init__(self, task: str | Task, config: SimConfig | None = None, **overrides):
         self.task = get_task(task) if isinstance(task, str) else task
         if config is None:
-            config = SimConfig(**overrides)
+            config = SimConfig.from_kwargs(**overrides)
         elif overrides:
             raise ValueError("pass either a SimConfig or keyword overrides, not both")
         self.config = config
@@ -172,4 +183,4 @@ class SimEnv:
 
 def make(task: str, **config) -> SimEnv:
     """`make("goal/red_on_plate", image_size=96, depth=True)`."""
-    return SimEnv(task, SimConfig(**config))
+    return SimEnv(task, SimConfig.from_kwargs(**config))

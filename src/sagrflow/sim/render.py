@@ -44,7 +44,7 @@ class Renderer:
         h, w = self.h, self.w
         self.sin, self.cos = math.sin(ELEVATION), math.cos(ELEVATION)
         self.su, self.sv = 1.5 * w, 1.5 * h  # agent view pixels per metre
-        self.u0, self.v0 = w / 2, 0.53 * h
+        self.u0, self.v0 = w / 2, 0.56 * h
         # (y sin + z cos) seen by each agent-view row: horizontal and vertical planes invert it
         self.row_e = (self.v0 - (np.arange(h) + 0.5)) / self.sv  # (h,)
         self.f = 0.75 * min(h, w)  # wrist focal length in pixels
