@@ -215,3 +215,17 @@ def test_shapes_without_state_and_with_one_camera(tiny_dir):
     out = seeded_forward(policy, one_cam)
     assert all(out[k].shape == (B,) for k in TERMS)
     assert policy.head.state_in is None and C == 2 and S == 5
+
+
+def test_fm_only_baseline_skips_the_world_model(policy):
+    grad_modes = []
+    hook = policy.backbone.vlm.register_forward_hook(lambda m, i, o: grad_modes.append(torch.is_grad_enabled()))
+    try:
+        out = policy(make_batch(), fm_only=True)
+    finally:
+        hook.remove()
+    assert grad_modes == [True]  # no target pass
+    assert out["task_tokens_next_available"].item() == 0.0 and out["absmax/drift"].item() == 0.0
+    for k in ("loss_dyn", "loss_geo", "loss_reg"):
+        assert torch.equal(out[k], torch.zeros(B)), k
+    assert (out["loss_fm"] > 0).all()

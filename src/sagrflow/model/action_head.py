@@ -119,22 +119,31 @@ class ActionHead(nn.Module):
         valid_tk: torch.Tensor,  # (N,)
         action_mask: torch.Tensor,  # (N, H)
         repeats: int = 1,
+        world: bool = True,
     ) -> dict[str, torch.Tensor]:
         """Per-sample (N,) losses fm, dyn, geo, reg and the tensors the diagnostics read.
 
         The VLM inputs arrive once per sample (B); their keys/values are projected once
-        and repeated R times, which equals repeating `vl_embs_list` itself.
+        and shared by the sample's R repeats, which equals repeating `vl_embs_list` R times
+        without the R copies. `world=False`
+        is the plain flow-matching baseline: no world predictor, no drift, world terms 0
+        (`task_tokens*` may then be None).
         """
         n = actions.shape[0]
-        context = [kv.repeat_interleave(repeats) for kv in self.prepare_context(vl_embs_list, encoder_attention_mask)]
-        if context[0].k.shape[0] != n:
-            raise ValueError(f"{context[0].k.shape[0]} VLM rows after {repeats} repeats for {n} action rows")
+        context = self.prepare_context(vl_embs_list, encoder_attention_mask)  # shared by the R repeats
+        if context[0].k.shape[0] * repeats != n:
+            raise ValueError(f"{context[0].k.shape[0]} VLM rows x {repeats} repeats for {n} action rows")
         noise = torch.randn_like(actions)
         t = sample_time(n, self.cfg.time_eps, actions.device).to(actions.dtype)  # (N,)
         tt = t.view(-1, 1, 1)
         x_t = (1 - tt) * noise + tt * actions  # (N, H, A)
         temb = self.time(t)  # (N, W)
         v_pred = self.velocity(context, x_t, temb, state)
+        if not world:
+            zeros = torch.zeros(n, dtype=v_pred.dtype, device=v_pred.device)
+            return {"loss_fm": masked_fm_loss(v_pred, actions - noise, action_mask), "loss_dyn": zeros,
+                    "loss_geo": zeros, "loss_reg": zeros, "pred_velocity": v_pred,
+                    "drift": torch.zeros_like(v_pred), "t": t}
         noisy = self.cfg.world_action_source == "noisy"
         pred_next = self.predict_next(task_tokens, x_t if noisy else actions, state, temb if noisy else None)
         residual = task_tokens_next - pred_next  # (N, K, W)

@@ -71,10 +71,6 @@ class KV:
     v: torch.Tensor  # (N, nh, L, hs)
     bias: torch.Tensor | None  # (N, 1, 1, L) additive, or None
 
-    def repeat_interleave(self, r: int) -> KV:
-        bias = None if self.bias is None else self.bias.repeat_interleave(r, 0)
-        return KV(self.k.repeat_interleave(r, 0), self.v.repeat_interleave(r, 0), bias)
-
 
 class Attention(nn.Module):
     """Multi-head attention; keys/values may come from another sequence of width `kv_dim`."""
@@ -96,12 +92,23 @@ class Attention(nn.Module):
         return KV(k, v, bias)
 
     def attend(self, x: torch.Tensor, kv: KV) -> torch.Tensor:
-        """x (N, T, W) queries against precomputed kv -> (N, T, W)."""
+        """x (N, T, W) queries against precomputed kv of M rows -> (N, T, W).
+
+        N may be R * M with rows ordered as `repeat_interleave(R)`: the R repeats of a
+        sample then share its keys/values, folded into the query axis instead of copying
+        the context R times (attention treats queries independently, so this is exact).
+        """
         n, t, w = x.shape
-        q = self.q(x).view(n, t, self.heads, -1).transpose(1, 2)  # (N, nh, T, hs)
+        m = kv.k.shape[0]
+        if n % m:
+            raise ValueError(f"{n} query rows cannot share {m} key/value rows")
+        r = n // m
+        q = self.q(x).view(m, r, t, self.heads, -1)  # (M, R, T, nh, hs)
+        q = q.permute(0, 3, 1, 2, 4).reshape(m, self.heads, r * t, -1)  # (M, nh, R*T, hs)
         bias = None if kv.bias is None else kv.bias.to(q.dtype)
-        y = F.scaled_dot_product_attention(q, kv.k, kv.v, attn_mask=bias)  # (N, nh, T, hs)
-        return self.out(y.transpose(1, 2).reshape(n, t, w))  # (N, T, W)
+        y = F.scaled_dot_product_attention(q, kv.k, kv.v, attn_mask=bias)  # (M, nh, R*T, hs)
+        y = y.view(m, self.heads, r, t, -1).permute(0, 2, 3, 1, 4)  # (M, R, T, nh, hs)
+        return self.out(y.reshape(n, t, w))  # (N, T, W)
 
     def forward(self, x: torch.Tensor, ctx: torch.Tensor | None = None, mask: torch.Tensor | None = None):
         return self.attend(x, self.project_kv(x if ctx is None else ctx, mask))

@@ -85,9 +85,13 @@ class SAGRPolicy(nn.Module):
         return Encoded(vl_embs_list, out.attention_mask, task_tokens)
 
     # --- training ------------------------------------------------------------------------
-    def forward(self, batch) -> dict[str, torch.Tensor]:
+    def forward(self, batch, fm_only: bool = False) -> dict[str, torch.Tensor]:
         """A `Batch` -> per-sample (B,) loss_fm, loss_dyn, loss_geo, loss_reg (averaged over the R repeats),
-        valid_tk (B,), and scalar diagnostics. Reduce with `losses.reduce_losses`."""
+        valid_tk (B,), and scalar diagnostics. Reduce with `losses.reduce_losses`.
+
+        `fm_only=True` is the plain flow-matching baseline (benchmarks, ablations): one VLM
+        pass, no world predictor, no drift; the world terms are 0.
+        """
         am = self.config.action_model
         # 1. image_t (fallback: legacy image), image_tk (fallback: image_t)
         image_t = _field(batch, "image_t", "image")
@@ -106,7 +110,7 @@ class SAGRPolicy(nn.Module):
         # 2. VLM on image_t, with gradients
         enc = self.encode(image_t, lang, getattr(batch, "depth_t", None))
         # 3. VLM on image_tk, no graph; skipped when no sample could use it (all would be replaced in 5)
-        next_available = bool((valid > 0).any())
+        next_available = not fm_only and bool((valid > 0).any())
         task_tokens_next = enc.task_tokens.detach()
         if next_available:
             with torch.no_grad():
@@ -131,6 +135,7 @@ class SAGRPolicy(nn.Module):
             valid_tk=valid_tk_repeated,
             action_mask=batch.action_mask.repeat_interleave(r, 0),
             repeats=r,
+            world=not fm_only,
         )
         out = {k: head_out[k].view(b, r).mean(1) for k in ("loss_fm", "loss_dyn", "loss_geo", "loss_reg")}
         out["valid_tk"] = valid

@@ -53,26 +53,34 @@ def _qwen_common(vocab: dict[str, int]) -> dict:
     )
 
 
-def _text_kwargs(vocab_size: int, pad_id: int) -> dict:
+def _text_kwargs(vocab_size: int, pad_id: int, hidden: int, layers: int) -> dict:
+    head_dim = 16 if hidden < 256 else 64
+    heads = max(1, hidden // head_dim)
     return dict(
-        vocab_size=vocab_size, hidden_size=64, intermediate_size=128, num_hidden_layers=4,
-        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=1024, pad_token_id=pad_id,
+        vocab_size=vocab_size, hidden_size=hidden, intermediate_size=2 * hidden, num_hidden_layers=layers,
+        num_attention_heads=heads, num_key_value_heads=max(1, heads // 2), max_position_embeddings=1024,
+        pad_token_id=pad_id,
     )
 
 
-def _build_qwen2_5_vl():
+def _mrope_section(text: dict) -> list[int]:
+    """Qwen's multimodal rope splits half the head dim over (t, h, w) as 1/4, 3/8, 3/8."""
+    half = text["hidden_size"] // text["num_attention_heads"] // 2
+    return [half // 4, 3 * half // 8, half - half // 4 - 3 * half // 8]
+
+
+def _build_qwen2_5_vl(hidden: int, layers: int):
     from transformers import Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration
     from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
 
     tokenizer, vocab = _tokenizer(_QWEN_SPECIALS, pad="<|endoftext|>", eos="<|im_end|>", bos=None, unk=None)
-    text = _text_kwargs(len(vocab), vocab["<|endoftext|>"])
+    text = _text_kwargs(len(vocab), vocab["<|endoftext|>"], hidden, layers)
     text.update(bos_token_id=None, eos_token_id=vocab["<|im_end|>"])
-    # head_dim 16 = 2 * (2 + 3 + 3): mrope splits the rotary half over (t, h, w)
-    text["rope_parameters"] = {"rope_type": "default", "rope_theta": 10000.0, "mrope_section": [2, 3, 3]}
+    text["rope_parameters"] = {"rope_type": "default", "rope_theta": 10000.0, "mrope_section": _mrope_section(text)}
     config = Qwen2_5_VLConfig(
         text_config=text,
         vision_config=dict(
-            depth=2, hidden_size=32, intermediate_size=64, num_heads=2, out_hidden_size=64, patch_size=14,
+            depth=2, hidden_size=32, intermediate_size=64, num_heads=2, out_hidden_size=hidden, patch_size=14,
             spatial_merge_size=2, temporal_patch_size=2, window_size=56, fullatt_block_indexes=[1],
         ),
         **_qwen_common(vocab),
@@ -85,20 +93,21 @@ def _build_qwen2_5_vl():
     return model, tokenizer, processor
 
 
-def _build_qwen3_vl():
+def _build_qwen3_vl(hidden: int, layers: int):
     from transformers import Qwen3VLConfig, Qwen3VLForConditionalGeneration
     from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
 
     tokenizer, vocab = _tokenizer(_QWEN_SPECIALS, pad="<|endoftext|>", eos="<|im_end|>", bos=None, unk=None)
-    text = _text_kwargs(len(vocab), vocab["<|endoftext|>"])
-    text.update(head_dim=16, bos_token_id=None, eos_token_id=vocab["<|im_end|>"])
+    text = _text_kwargs(len(vocab), vocab["<|endoftext|>"], hidden, layers)
+    text.update(head_dim=hidden // text["num_attention_heads"], bos_token_id=None, eos_token_id=vocab["<|im_end|>"])
     text["rope_parameters"] = {
-        "rope_type": "default", "rope_theta": 10000.0, "mrope_section": [2, 3, 3], "mrope_interleaved": True,
+        "rope_type": "default", "rope_theta": 10000.0, "mrope_section": _mrope_section(text),
+        "mrope_interleaved": True,
     }
     config = Qwen3VLConfig(
         text_config=text,
         vision_config=dict(
-            depth=2, hidden_size=32, intermediate_size=64, num_heads=2, out_hidden_size=64, patch_size=16,
+            depth=2, hidden_size=32, intermediate_size=64, num_heads=2, out_hidden_size=hidden, patch_size=16,
             spatial_merge_size=2, temporal_patch_size=2, num_position_embeddings=16,
             deepstack_visual_indexes=[0],
         ),
@@ -113,7 +122,7 @@ def _build_qwen3_vl():
     return model, tokenizer, processor
 
 
-def _build_llava():
+def _build_llava(hidden: int, layers: int):
     from transformers import CLIPVisionConfig, LlamaConfig, LlavaConfig, LlavaForConditionalGeneration
     from transformers.models.llava.image_processing_pil_llava import LlavaImageProcessorPil
 
@@ -122,7 +131,7 @@ def _build_llava():
         hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2, image_size=28,
         patch_size=14, projection_dim=32,
     )
-    text = LlamaConfig(**_text_kwargs(len(vocab), vocab["<pad>"]), bos_token_id=vocab["<s>"],
+    text = LlamaConfig(**_text_kwargs(len(vocab), vocab["<pad>"], hidden, layers), bos_token_id=vocab["<s>"],
                        eos_token_id=vocab["</s>"])
     config = LlavaConfig(
         vision_config=vision, text_config=text, image_token_id=vocab["<image>"],
@@ -136,15 +145,19 @@ def _build_llava():
 _BUILDERS = {"qwen2_5_vl": _build_qwen2_5_vl, "qwen3_vl": _build_qwen3_vl, "llava": _build_llava}
 
 
-def make_tiny(arch: str, out_dir: str | Path, seed: int = 0) -> Path:
-    """Write a tiny random-weight `arch` checkpoint (model, tokenizer, image processor) to `out_dir`."""
+def make_tiny(arch: str, out_dir: str | Path, seed: int = 0, hidden_size: int = 64, num_layers: int = 4) -> Path:
+    """Write a tiny random-weight `arch` checkpoint (model, tokenizer, image processor) to `out_dir`.
+
+    `hidden_size` / `num_layers` size the language model (e.g. 512 / 8 for benchmarks);
+    the vision tower stays tiny.
+    """
     if arch not in _BUILDERS:
         raise ValueError(f"unknown tiny arch {arch!r}; use one of {ARCHS}")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        model, tokenizer, image_processor = _BUILDERS[arch]()
+        model, tokenizer, image_processor = _BUILDERS[arch](hidden_size, num_layers)
     model.save_pretrained(out)
     tokenizer.save_pretrained(out)
     image_processor.save_pretrained(out)

@@ -1,0 +1,48 @@
+"""Shared blocks: attention with repeats folded into queries, AdaLN start, drift bound and zero."""
+
+import torch
+
+from sagrflow.model.action_head import DriftHead
+from sagrflow.model.config import ActionModelConfig
+from sagrflow.model.dit import AdaLN, Attention
+
+
+def test_repeats_sharing_keys_equal_repeated_context():
+    torch.manual_seed(0)
+    attn = Attention(32, 4, kv_dim=16)
+    ctx, mask = torch.randn(3, 10, 16), torch.rand(3, 10) > 0.3
+    mask[:, 0] = True
+    x = torch.randn(6, 5, 32)  # 3 samples x R=2, ordered as repeat_interleave
+    shared = attn.attend(x, attn.project_kv(ctx, mask))
+    copied = attn.attend(x, attn.project_kv(ctx.repeat_interleave(2, 0), mask.repeat_interleave(2, 0)))
+    torch.testing.assert_close(shared, copied, atol=1e-6, rtol=1e-5)
+
+
+def test_masked_keys_are_never_attended():
+    torch.manual_seed(0)
+    attn = Attention(16, 2)
+    ctx, mask = torch.randn(1, 6, 16), torch.tensor([[True, True, True, False, False, False]])
+    changed = ctx.clone()
+    changed[:, 3:] = 1e4
+    x = torch.randn(1, 4, 16)
+    torch.testing.assert_close(attn.attend(x, attn.project_kv(ctx, mask)),
+                               attn.attend(x, attn.project_kv(changed, mask)))
+
+
+def test_adaln_starts_as_plain_layernorm():
+    ada = AdaLN(8, 4)
+    x = torch.randn(2, 3, 8)
+    torch.testing.assert_close(ada(x, torch.randn(2, 4)), torch.nn.functional.layer_norm(x, (8,)))
+
+
+def test_drift_is_bounded_vanishes_at_clean_data_and_is_zero_without_residual():
+    cfg = ActionModelConfig(dit_width=16, dit_heads=2, drift_eta=0.3)
+    drift = DriftHead(cfg)
+    residual, temb = torch.randn(4, 8, 16) * 100, torch.randn(4, 16)
+    t = torch.tensor([0.0, 0.5, 0.9, 1.0])
+    out = drift(residual, t, temb)
+    assert out.shape == (4, cfg.action_horizon, cfg.action_dim)
+    bound = (0.3 * (1 - t)).view(-1, 1, 1)
+    assert (out.abs() <= bound + 1e-7).all() and out[3].abs().max() == 0
+    assert out[0].abs().max() > 0
+    assert drift(torch.zeros_like(residual), t, temb).abs().max() == 0
