@@ -88,3 +88,11 @@ def test_same_seed_gives_same_tiny_weights(tmp_path):
     b = AutoModelForImageTextToText.from_pretrained(make_tiny("qwen2_5_vl", tmp_path / "b"))
     for (name, pa), (_, pb) in zip(a.state_dict().items(), b.state_dict().items(), strict=True):
         assert torch.equal(pa, pb), name
+
+
+def test_unsupported_architecture_is_refused_before_loading(tmp_path):
+    (tmp_path / "config.json").write_text('{"model_type": "gpt2"}')
+    with pytest.raises(ValueError, match="unsupported VLM architecture 'gpt2'"):
+        VLMBackbone.from_pretrained(tmp_path)
+    with pytest.raises(ValueError, match="not a model directory"):
+        VLMBackbone.from_pretrained(tmp_path / "nope")

@@ -218,13 +218,15 @@ def test_shapes_without_state_and_with_one_camera(tiny_dir):
 
 
 def test_fm_only_baseline_skips_the_world_model(policy):
-    grad_modes = []
+    grad_modes, anchor_calls = [], []
     hook = policy.backbone.vlm.register_forward_hook(lambda m, i, o: grad_modes.append(torch.is_grad_enabled()))
+    hook2 = policy.anchor.register_forward_hook(lambda *a: anchor_calls.append(1))
     try:
         out = policy(make_batch(), fm_only=True)
     finally:
         hook.remove()
-    assert grad_modes == [True]  # no target pass
+        hook2.remove()
+    assert grad_modes == [True] and not anchor_calls  # no target pass, no task tokens
     assert out["task_tokens_next_available"].item() == 0.0 and out["absmax/drift"].item() == 0.0
     for k in ("loss_dyn", "loss_geo", "loss_reg"):
         assert torch.equal(out[k], torch.zeros(B)), k

@@ -14,6 +14,7 @@ Legend: B batch, C cameras, N = B*C images, L sequence, D VLM hidden size.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -72,6 +73,9 @@ def resolve_path(path: str) -> Path:
     p = Path(path).expanduser()
     if not (p / "config.json").is_file():
         raise ValueError(f"backbone path {path!r} is not a model directory (no config.json)")
+    model_type = json.loads((p / "config.json").read_text()).get("model_type")
+    if model_type not in ARCHS:  # before loading gigabytes of weights
+        raise ValueError(f"{p}: unsupported VLM architecture {model_type!r}; supported: {ARCHS}")
     return p
 
 

@@ -88,6 +88,7 @@ class MapAnythingEncoder(nn.Module):
         b, c = images.shape[:2]
         mean = torch.tensor([0.485, 0.456, 0.406], device=images.device).view(1, 3, 1, 1)
         std = torch.tensor([0.229, 0.224, 0.225], device=images.device).view(1, 3, 1, 1)
+        self.mapanything.to(images.device)  # not a submodule, so .to() on the policy does not move it
         views = [{"img": (images[:, i].float() / 255 - mean) / std, "data_norm_type": ["dinov2"]} for i in range(c)]
         preds = self.mapanything.infer(views, memory_efficient_inference=False)
         pts = torch.stack([p["pts3d_cam"] for p in preds], dim=1)  # (B, C, h, w, 3)

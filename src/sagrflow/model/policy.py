@@ -34,7 +34,7 @@ class Encoded:
 
     vl_embs_list: list[torch.Tensor]  # one (B, L, D) per DiT block
     mask: torch.Tensor  # (B, L) bool, False at padding
-    task_tokens: torch.Tensor  # (B, K, W)
+    task_tokens: torch.Tensor | None  # (B, K, W); None when not asked for
 
 
 @dataclass
@@ -74,15 +74,18 @@ class SAGRPolicy(nn.Module):
         return cls(config, backbone, action_normalizer, state_normalizer)
 
     # --- shared by training and inference ------------------------------------------------
-    def encode(self, images: torch.Tensor, lang, geometry: torch.Tensor | None = None) -> Encoded:
+    def encode(self, images: torch.Tensor, lang, geometry: torch.Tensor | None = None,
+               task_tokens: bool = True) -> Encoded:
         """(B, C, 3, h, w) uint8 images, B instructions, optional (B, C, k, h, w) geometry -> Encoded."""
         out = self.backbone(images, lang)
         dtype = self.head.action_out.weight.dtype
         layers = out.layers
         vl_embs_list = [layers[i].to(dtype) for i in self.layer_ids]
-        geo_tokens = self.geometry(images, geometry) if self.geometry is not None else None
-        task_tokens = self.anchor(out.hidden_states[-1].to(dtype), out.visual_mask, out.text_mask, geo_tokens)
-        return Encoded(vl_embs_list, out.attention_mask, task_tokens)
+        tokens = None
+        if task_tokens:
+            geo_tokens = self.geometry(images, geometry) if self.geometry is not None else None
+            tokens = self.anchor(out.hidden_states[-1].to(dtype), out.visual_mask, out.text_mask, geo_tokens)
+        return Encoded(vl_embs_list, out.attention_mask, tokens)
 
     # --- training ------------------------------------------------------------------------
     def forward(self, batch, fm_only: bool = False) -> dict[str, torch.Tensor]:
@@ -108,22 +111,24 @@ class SAGRPolicy(nn.Module):
         self._check_state(state)
         lang = list(batch.lang)
         # 2. VLM on image_t, with gradients
-        enc = self.encode(image_t, lang, getattr(batch, "depth_t", None))
+        enc = self.encode(image_t, lang, getattr(batch, "depth_t", None), task_tokens=not fm_only)
         # 3. VLM on image_tk, no graph; skipped when no sample could use it (all would be replaced in 5)
         next_available = not fm_only and bool((valid > 0).any())
-        task_tokens_next = enc.task_tokens.detach()
-        if next_available:
-            with torch.no_grad():
-                task_tokens_next = self.encode(image_tk, lang, getattr(batch, "depth_tk", None)).task_tokens
-        # 4. repeat R times -> (N, ...)
         r = am.repeated_diffusion_steps
-        task_tokens_repeated = enc.task_tokens.repeat_interleave(r, 0)  # (N, K, W)
-        task_tokens_next_repeated = task_tokens_next.repeat_interleave(r, 0)  # (N, K, W)
         valid_tk_repeated = valid.repeat_interleave(r, 0)  # (N,)
-        # 5. invalid pairs: the target is the current tokens (detached), so their world terms carry nothing
-        task_tokens_next_repeated = torch.where(
-            valid_tk_repeated.view(-1, 1, 1) > 0, task_tokens_next_repeated, task_tokens_repeated.detach()
-        )
+        task_tokens_repeated = task_tokens_next_repeated = None
+        if not fm_only:
+            task_tokens_next = enc.task_tokens.detach()
+            if next_available:
+                with torch.no_grad():
+                    task_tokens_next = self.encode(image_tk, lang, getattr(batch, "depth_tk", None)).task_tokens
+            # 4. repeat R times -> (N, ...)
+            task_tokens_repeated = enc.task_tokens.repeat_interleave(r, 0)  # (N, K, W)
+            task_tokens_next_repeated = task_tokens_next.repeat_interleave(r, 0)  # (N, K, W)
+            # 5. invalid pairs: the target is the current tokens (detached), so their world terms carry nothing
+            task_tokens_next_repeated = torch.where(
+                valid_tk_repeated.view(-1, 1, 1) > 0, task_tokens_next_repeated, task_tokens_repeated.detach()
+            )
         # 6. the action head
         head_out = self.head(
             enc.vl_embs_list,
@@ -140,11 +145,12 @@ class SAGRPolicy(nn.Module):
         out = {k: head_out[k].view(b, r).mean(1) for k in ("loss_fm", "loss_dyn", "loss_geo", "loss_reg")}
         out["valid_tk"] = valid
         with torch.no_grad():
+            flag = valid.new_tensor
             out.update({
                 "valid_tk_ratio": (valid > 0).float().mean(),
-                "has_image_tk": torch.tensor(float(has_image_tk)),
-                "task_tokens_next_available": torch.tensor(float(next_available)),
-                "absmax/task_tokens": enc.task_tokens.detach().abs().max(),
+                "has_image_tk": flag(float(has_image_tk)),
+                "task_tokens_next_available": flag(float(next_available)),
+                "absmax/task_tokens": flag(0.0) if fm_only else enc.task_tokens.detach().abs().max(),
                 "absmax/pred_velocity": head_out["pred_velocity"].detach().abs().max(),
                 "absmax/drift": head_out["drift"].detach().abs().max(),
             })
