@@ -1,6 +1,6 @@
 import pytest
 import torch
-from transformers import AutoImageProcessor, AutoModelForImageTextToText, AutoTokenizer
+from transformers import AutoImageProcessor, AutoModelForImageTextToText, AutoProcessor, AutoTokenizer
 
 from sagrflow.cli import main as cli_main
 from sagrflow.model.backbone import VLMBackbone, select_layers
@@ -79,6 +79,7 @@ def test_make_tiny_cli_writes_a_standard_checkpoint(tmp_path):
     assert model.config.model_type == "llava"
     assert tok.convert_tokens_to_ids("<image>") == model.config.image_token_id
     assert "Pil" in type(proc).__name__  # no torchvision needed
+    assert type(AutoProcessor.from_pretrained(out)).__name__ == "LlavaProcessor"
     with pytest.raises(ValueError, match="unknown tiny arch"):
         make_tiny("gpt2", tmp_path / "x")
 
@@ -96,3 +97,15 @@ def test_unsupported_architecture_is_refused_before_loading(tmp_path):
         VLMBackbone.from_pretrained(tmp_path)
     with pytest.raises(ValueError, match="not a model directory"):
         VLMBackbone.from_pretrained(tmp_path / "nope")
+
+
+def test_tiny_default_path_builds_once_into_the_cache(tmp_path, monkeypatch):
+    from sagrflow.model.backbone import resolve_path
+
+    monkeypatch.setenv("SAGRFLOW_CACHE", str(tmp_path))
+    first = resolve_path("tiny:llava")
+    assert first.parent == tmp_path / "tiny" and (first / "model.safetensors").is_file()
+    stamp = (first / "model.safetensors").stat().st_mtime_ns
+    assert resolve_path("tiny:llava") == first and (first / "model.safetensors").stat().st_mtime_ns == stamp
+    with pytest.raises(ValueError, match="unknown tiny arch"):
+        resolve_path("tiny:gpt2")

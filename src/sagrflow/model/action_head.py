@@ -134,9 +134,10 @@ class ActionHead(nn.Module):
         if context[0].k.shape[0] * repeats != n:
             raise ValueError(f"{context[0].k.shape[0]} VLM rows x {repeats} repeats for {n} action rows")
         noise = torch.randn_like(actions)
-        t = sample_time(n, self.cfg.time_eps, actions.device).to(actions.dtype)  # (N,)
+        # t stays float32: in bf16, 1 - eps would round to the endpoint 1.0
+        t = sample_time(n, self.cfg.time_eps, actions.device)  # (N,)
         tt = t.view(-1, 1, 1)
-        x_t = (1 - tt) * noise + tt * actions  # (N, H, A)
+        x_t = ((1 - tt) * noise + tt * actions).to(actions.dtype)  # (N, H, A)
         temb = self.time(t)  # (N, W)
         v_pred = self.velocity(context, x_t, temb, state)
         if not world:

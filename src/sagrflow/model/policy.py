@@ -113,7 +113,7 @@ class SAGRPolicy(nn.Module):
         # 2. VLM on image_t, with gradients
         enc = self.encode(image_t, lang, getattr(batch, "depth_t", None), task_tokens=not fm_only)
         # 3. VLM on image_tk, no graph; skipped when no sample could use it (all would be replaced in 5)
-        next_available = not fm_only and bool((valid > 0).any())
+        next_available = not fm_only and bool((valid > 0).any())  # a device sync, worth a skipped VLM pass
         r = am.repeated_diffusion_steps
         valid_tk_repeated = valid.repeat_interleave(r, 0)  # (N,)
         task_tokens_repeated = task_tokens_next_repeated = None
