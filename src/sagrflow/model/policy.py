@@ -109,26 +109,18 @@ class SAGRPolicy(nn.Module):
         valid = torch.zeros(b, device=image_t.device) if valid is None else valid.float()  # (B,)
         state = _field(batch, "state_t", "state")
         self._check_state(state)
+        if not am.state_dim:  # a policy without a state token ignores a batch's state
+            state = None
         lang = list(batch.lang)
         # 2. VLM on image_t, with gradients
         enc = self.encode(image_t, lang, getattr(batch, "depth_t", None), task_tokens=not fm_only)
-        # 3. VLM on image_tk, no graph; skipped when no sample could use it (all would be replaced in 5)
-        next_available = not fm_only and bool((valid > 0).any())  # a device sync, worth a skipped VLM pass
         r = am.repeated_diffusion_steps
         valid_tk_repeated = valid.repeat_interleave(r, 0)  # (N,)
         task_tokens_repeated = task_tokens_next_repeated = None
-        if not fm_only:
-            task_tokens_next = enc.task_tokens.detach()
-            if next_available:
-                with torch.no_grad():
-                    task_tokens_next = self.encode(image_tk, lang, getattr(batch, "depth_tk", None)).task_tokens
-            # 4. repeat R times -> (N, ...)
-            task_tokens_repeated = enc.task_tokens.repeat_interleave(r, 0)  # (N, K, W)
-            task_tokens_next_repeated = task_tokens_next.repeat_interleave(r, 0)  # (N, K, W)
-            # 5. invalid pairs: the target is the current tokens (detached), so their world terms carry nothing
-            task_tokens_next_repeated = torch.where(
-                valid_tk_repeated.view(-1, 1, 1) > 0, task_tokens_next_repeated, task_tokens_repeated.detach()
-            )
+        next_available = False
+        if not fm_only:  # steps 3-5
+            task_tokens_repeated, task_tokens_next_repeated, next_available = self._world_targets(
+                enc.task_tokens, image_tk, lang, getattr(batch, "depth_tk", None), valid, r)
         # 6. the action head
         head_out = self.head(
             enc.vl_embs_list,
@@ -155,6 +147,25 @@ class SAGRPolicy(nn.Module):
                 "absmax/drift": head_out["drift"].detach().abs().max(),
             })
         return out
+
+    def _world_targets(self, task_tokens: torch.Tensor, image_tk: torch.Tensor, lang: list[str],
+                       geometry_tk: torch.Tensor | None, valid: torch.Tensor, r: int):
+        """Steps 3-5: task tokens (B, K, W) -> repeated current and next tokens (N, K, W), target pass ran."""
+        # 3. VLM on image_tk, no graph; skipped when no sample could use it (all would be replaced in 5)
+        next_available = bool((valid > 0).any())  # a device sync, worth a skipped VLM pass
+        task_tokens_next = task_tokens.detach()
+        if next_available:
+            with torch.no_grad():
+                task_tokens_next = self.encode(image_tk, lang, geometry_tk).task_tokens
+        # 4. repeat R times -> (N, ...)
+        task_tokens_repeated = task_tokens.repeat_interleave(r, 0)  # (N, K, W)
+        task_tokens_next_repeated = task_tokens_next.repeat_interleave(r, 0)  # (N, K, W)
+        valid_tk_repeated = valid.repeat_interleave(r, 0)  # (N,)
+        # 5. invalid pairs: the target is the current tokens (detached), so their world terms carry nothing
+        task_tokens_next_repeated = torch.where(
+            valid_tk_repeated.view(-1, 1, 1) > 0, task_tokens_next_repeated, task_tokens_repeated.detach()
+        )
+        return task_tokens_repeated, task_tokens_next_repeated, next_available
 
     def _check_state(self, state: torch.Tensor | None) -> None:
         s = self.config.action_model.state_dim
