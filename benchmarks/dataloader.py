@@ -53,6 +53,7 @@ def samples_per_second(dataset, workers: int, samples: int, batch_size: int, see
     loader = DataLoader(
         dataset, batch_size=batch_size, sampler=order.tolist(), num_workers=workers, collate_fn=collate,
         persistent_workers=False, prefetch_factor=4 if workers else None,
+        multiprocessing_context="forkserver" if workers else None,  # as TemporalLoader does
     )
     it = iter(loader)
     next(it)  # worker start-up and first decode are not throughput

@@ -66,7 +66,8 @@ def test_collate_gives_a_typed_batch(mix):
 
 def test_dataloader_workers_reproduce_the_same_batches(mix):
     def batches(workers):
-        loader = DataLoader(mix, batch_size=8, num_workers=workers, collate_fn=collate)
+        loader = DataLoader(mix, batch_size=8, num_workers=workers, collate_fn=collate,
+                            multiprocessing_context="forkserver" if workers else None)
         return [b for _, b in zip(range(3), loader, strict=False)]
 
     for a, b in zip(batches(0), batches(2), strict=True):

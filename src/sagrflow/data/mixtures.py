@@ -84,6 +84,7 @@ class MixtureDataset(Dataset):
         include_state: bool = False,
         video_backend: str = "pyav",
         image_size: tuple[int, int] | None = None,
+        observation_indices: tuple[int, ...] | None = None,
         seed: int = 0,
         length: int | None = None,
         decoder_cache_size: int = 64,
@@ -91,6 +92,8 @@ class MixtureDataset(Dataset):
         self.entries = resolve_mix(data_mix)
         root = Path(data_root_dir)
         overrides = {"image_size": tuple(image_size)} if image_size else {}
+        if observation_indices is not None:
+            overrides["observation_indices"] = tuple(observation_indices)
         self.datasets: list[TemporalDataset] = []
         for entry in self.entries:
             path = Path(entry.path) if Path(entry.path).is_absolute() else root / entry.path
@@ -137,16 +140,19 @@ class MixtureDataset(Dataset):
     def __len__(self) -> int:
         return self._length
 
-    def draw(self, index: int) -> tuple[int, int]:
-        """(dataset position, base step) for position `index` of the current epoch."""
-        rng = np.random.default_rng((self.seed, self.epoch, int(index)))
+    def draw(self, index: int, epoch: int | None = None) -> tuple[int, int]:
+        """(dataset position, base step) for position `index` of `epoch` (default: the current one)."""
+        epoch = self.epoch if epoch is None else epoch
+        rng = np.random.default_rng((self.seed, int(epoch), int(index)))
         d = int(rng.choice(len(self.datasets), p=self.probs))
         return d, int(rng.integers(len(self.datasets[d])))
 
-    def __getitem__(self, index: int) -> dict:
+    def __getitem__(self, index: int | tuple[int, int]) -> dict:
+        """`mix[i]` draws position i of the current epoch; `mix[(epoch, i)]` names the epoch."""
+        epoch, index = index if isinstance(index, tuple) else (self.epoch, index)
         if not 0 <= index < len(self):
             raise IndexError(f"index {index} out of range for {len(self)}")
-        d, step = self.draw(index)
+        d, step = self.draw(index, epoch)
         sample = self.datasets[d][step]
         sample[keys.DATASET_INDEX] = d
         return sample
