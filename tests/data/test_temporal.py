@@ -123,3 +123,26 @@ def test_instruction_comes_from_the_frames_task(dataset_root, embodiment):
     ds = TemporalDataset(dataset_root("v3.0", "av1"), embodiment)
     for ep, _, s in _all_samples(ds):
         assert s[keys.LANG] == f"task {ep % 3}"
+
+
+def test_openpi_libero_layout_without_modality_json(tmp_path, embodiment):
+    """openpi's conversion: PNG in parquet, keys image/wrist_image/state/actions, no modality.json."""
+    from sagrflow.data.synthetic import write_synthetic
+
+    root = write_synthetic(tmp_path / "openpi", [10, 4], video_codec=None, version="v2.1", modality=None,
+                           camera_keys=("image", "wrist_image"), state_key="state", action_key="actions")
+    assert not (root / "meta" / "modality.json").exists()
+    ds = TemporalDataset(root, replace(embodiment, normalization={}), include_state=True)
+    assert ds.cameras == ["image", "wrist_image"]
+    s = ds.sample(0, 2)
+    assert decode_id_image(s[keys.IMAGE_TK][1].numpy()) == (0, 9, 1)
+    assert s[keys.ACTION][0, 0] == 2 and s[keys.STATE_TK][0] == 9
+
+
+def test_unknown_layout_without_modality_json_is_an_error(tmp_path, embodiment):
+    from sagrflow.data.errors import DataError
+    from sagrflow.data.synthetic import write_synthetic
+
+    root = write_synthetic(tmp_path / "odd", [5], video_codec=None, modality=None, camera_keys=("cam0", "cam1"))
+    with pytest.raises(DataError, match="modality.json: is missing, and no default layout of robot type 'libero_franka'"):
+        TemporalDataset(root, embodiment)

@@ -23,6 +23,7 @@ from sagrflow.core.image import to_chw_uint8
 from sagrflow.core.normalize import FeatureStats, Normalizer
 from sagrflow.data.embodiments import EmbodimentConfig
 from sagrflow.data.errors import DataError
+from sagrflow.data.lerobot.meta import validate_modality
 from sagrflow.data.lerobot.reader import LeRobotReader
 from sagrflow.data.stats import concat_stats, dataset_stats
 
@@ -60,6 +61,18 @@ def _resolve_cameras(names: tuple[str, ...], modality: dict, features: dict, whe
     return cameras
 
 
+def _default_modality(embodiment: EmbodimentConfig, features: dict, where: Path) -> dict:
+    """The first default layout of the embodiment whose columns all exist in `features`."""
+    for candidate in embodiment.default_modalities:
+        try:
+            validate_modality(candidate, features, where)
+        except DataError:
+            continue
+        return candidate
+    raise DataError(where, f"is missing, and no default layout of robot type {embodiment.robot_type!r} "
+                    f"matches the features {sorted(features)}", "add a GR00T modality.json to the dataset")
+
+
 class TemporalDataset(Dataset):
     """Every frame of every episode is a base step; `len` is the dataset's frame count."""
 
@@ -76,11 +89,8 @@ class TemporalDataset(Dataset):
         self.embodiment = embodiment
         self.include_state = include_state
         meta = self.reader.meta
-        modality = meta.modality or embodiment.default_modality
         where = meta.root / "meta" / "modality.json"
-        if modality is None:
-            raise DataError(where, f"is missing and robot type {embodiment.robot_type!r} has no default modality",
-                            "add a GR00T modality.json to the dataset")
+        modality = meta.modality or _default_modality(embodiment, meta.features, where)
         self.cameras = _resolve_cameras(embodiment.video_keys, modality, meta.features, where)
         self.state_slices = _resolve_slices("state", embodiment.state_keys, modality, "observation.state", where)
         self.action_slices = _resolve_slices("action", embodiment.action_keys, modality, "action", where)

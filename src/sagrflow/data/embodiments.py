@@ -1,8 +1,8 @@
 """Embodiment data configs: which keys a robot's datasets hold and how a sample is cut from them.
 
 Keys are GR00T modality names (`video.primary_image`, `state.x`, `action.gripper`);
-each dataset's `meta/modality.json` (or the config's `default_modality` when a dataset
-has none) maps them onto parquet columns and slices.
+each dataset's `meta/modality.json` maps them onto parquet columns and slices. A dataset
+without one gets the first of the config's `default_modalities` whose columns it has.
 """
 
 from __future__ import annotations
@@ -29,6 +29,21 @@ LIBERO_MODALITY: dict = {
 }
 
 
+def _renamed(modality: dict, state: str, action: str, cameras: dict[str, str]) -> dict:
+    return {
+        "state": {n: {**s, "original_key": state} for n, s in modality["state"].items()},
+        "action": {n: {**s, "original_key": action} for n, s in modality["action"].items()},
+        "video": {n: {"original_key": cameras[n]} for n in modality["video"]},
+        "annotation": modality["annotation"],
+    }
+
+
+# openpi's LIBERO conversion: PNG images in the parquet under plain names, no modality.json
+OPENPI_LIBERO_MODALITY = _renamed(
+    LIBERO_MODALITY, "state", "actions", {"primary_image": "image", "wrist_image": "wrist_image"}
+)
+
+
 @dataclass(frozen=True)
 class EmbodimentConfig:
     robot_type: str
@@ -40,7 +55,7 @@ class EmbodimentConfig:
     normalization: dict[str, str] = field(default_factory=dict)  # state/action key -> mode; others "none"
     image_size: tuple[int, int] = (224, 224)  # (h, w) images are resized to, in the workers
     temporal_delta_k: int | None = None  # default max(action_indices)
-    default_modality: dict | None = None  # for datasets without meta/modality.json
+    default_modalities: tuple[dict, ...] = ()  # for datasets without meta/modality.json, tried in order
 
     def __post_init__(self):
         where = f"embodiment {self.robot_type!r}"
@@ -86,7 +101,7 @@ def _libero_franka() -> EmbodimentConfig:
         action_indices=tuple(range(8)),
         normalization={**{f"action.{n}": "min_max" for n in arm}, **{f"state.{n}": "min_max" for n in _LIBERO_STATE}},
         image_size=(224, 224),
-        default_modality=LIBERO_MODALITY,
+        default_modalities=(LIBERO_MODALITY, OPENPI_LIBERO_MODALITY),
     )
 
 
