@@ -16,6 +16,7 @@ COMMAND_MODULES = (
     "sagrflow.model.cli",
     "sagrflow.sim.cli",
     "sagrflow.tools.cli",
+    "sagrflow.train.cli",
 )
 
 

@@ -1,0 +1,191 @@
+"""Atomic, complete checkpoints and exact resume.
+
+Layout of `run_dir/checkpoints/step_XXXXXXX/` (XXXXXXX = optimizer steps completed):
+  policy/                  the policy's own save: model.safetensors, config.json, normalization.json, backbone/
+  config.yaml              the resolved run config
+  normalizers.json         {robot_type: {state, action}} of the data mix
+  optimizer.pt, scheduler.pt   (DeepSpeed / FSDP: accelerate/ holds the sharded optimizer state instead)
+  trainer_state.json       step, skipped steps, samples seen, world size
+  rng_rank{r}.pt           python, numpy, torch (and CUDA) generator states of rank r
+  loader_rank{r}.json      rank r's data position (epoch, batches consumed)
+  COMPLETE                 written last
+Every file is written into `.tmp_step_XXXXXXX/`, flushed to disk, then the folder is
+renamed: a crash mid-write leaves only a temp folder, which `latest_checkpoint` ignores
+(it also wants COMPLETE), never a checkpoint that loads wrong.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import re
+import shutil
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from sagrflow.core.config import ConfigError
+
+_STEP_RE = re.compile(r"^step_(\d{7,})$")
+COMPLETE = "COMPLETE"
+POLICY_DIR = "policy"
+
+
+@dataclass
+class TrainState:
+    step: int = 0  # optimizer steps completed (skipped ones included)
+    skipped_steps: int = 0
+    samples_seen: int = 0
+    world_size: int = 1
+    per_device_batch_size: int = 0
+    gradient_accumulation_steps: int = 1
+
+
+def checkpoints_root(run_dir: str | Path) -> Path:
+    return Path(run_dir) / "checkpoints"
+
+
+def complete_checkpoints(run_dir: str | Path) -> list[Path]:
+    """Complete checkpoints of a run, oldest first."""
+    root = checkpoints_root(run_dir)
+    if not root.is_dir():
+        return []
+    found = [(int(m.group(1)), p) for p in root.iterdir()
+             if (m := _STEP_RE.match(p.name)) and (p / COMPLETE).is_file()]
+    return [p for _, p in sorted(found)]
+
+
+def latest_checkpoint(run_dir: str | Path) -> Path | None:
+    done = complete_checkpoints(run_dir)
+    return done[-1] if done else None
+
+
+def resolve_resume(resume: str, run_dir: Path) -> Path | None:
+    """`trainer.resume` -> the checkpoint to load, or None for a fresh start."""
+    if resume == "never":
+        return None
+    if resume == "auto":
+        return latest_checkpoint(run_dir)
+    path = Path(resume)
+    if path.is_dir() and not (path / COMPLETE).is_file():  # a run directory: its latest
+        latest = latest_checkpoint(path)
+        if latest is None:
+            raise ConfigError(f"trainer.resume={resume!r}: no complete checkpoint there")
+        return latest
+    if not (path / COMPLETE).is_file():
+        raise ConfigError(f"trainer.resume={resume!r} is not a complete checkpoint (no {COMPLETE} file); "
+                          "use auto, never, a run directory or a checkpoint directory")
+    return path
+
+
+def rng_state() -> dict:
+    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict) -> None:
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def _fsync_tree(root: Path) -> None:
+    for path in sorted(root.rglob("*")):
+        if path.is_file():
+            with path.open("rb") as f:
+                os.fsync(f.fileno())
+    fd = os.open(root, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def save_checkpoint(accelerator, run_dir: str | Path, state: TrainState, *, policy, optimizer, scheduler, loader,
+                    config_yaml: str, normalizers: dict, save_total_limit: int = 0) -> Path:
+    """Collective: every rank calls it. Returns the final checkpoint directory."""
+    root = checkpoints_root(run_dir)
+    final = root / f"step_{state.step:07d}"
+    tmp = root / f".tmp_step_{state.step:07d}"
+    rank, main = accelerator.process_index, accelerator.is_main_process
+    sharded = _sharded_optimizer(accelerator)
+    if main:
+        bad = [n for n, p in policy.named_parameters() if not bool(torch.isfinite(p.detach()).all())]
+        if bad:  # the step guard should make this unreachable; a checkpoint must never carry it
+            raise RuntimeError(f"refusing to save non-finite weights at step {state.step}: {bad[:10]}")
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+    accelerator.wait_for_everyone()
+    if main:
+        policy.save(tmp / POLICY_DIR)
+        (tmp / "config.yaml").write_text(config_yaml)
+        (tmp / "normalizers.json").write_text(json.dumps(
+            {robot: {k: n.to_json() for k, n in pair.items()} for robot, pair in normalizers.items()}, indent=1))
+        (tmp / "trainer_state.json").write_text(json.dumps(asdict(state), indent=2))
+        torch.save(scheduler.state_dict(), tmp / "scheduler.pt")
+        if not sharded:
+            torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
+    if sharded:
+        accelerator.save_state(str(tmp / "accelerate"))
+    torch.save(rng_state(), tmp / f"rng_rank{rank}.pt")
+    (tmp / f"loader_rank{rank}.json").write_text(json.dumps(loader.position.state_dict()))
+    accelerator.wait_for_everyone()
+    if main:
+        _fsync_tree(tmp)
+        (tmp / COMPLETE).write_text(f"step {state.step}\n")
+        _fsync_tree(tmp)
+        if final.exists():  # a re-save of the same step: swap, never leave the name empty of a good copy
+            old = root / f".old_step_{state.step:07d}"
+            shutil.rmtree(old, ignore_errors=True)
+            final.rename(old)
+            tmp.rename(final)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            tmp.rename(final)
+        if save_total_limit > 0:
+            for stale in complete_checkpoints(run_dir)[:-save_total_limit]:
+                shutil.rmtree(stale, ignore_errors=True)
+    accelerator.wait_for_everyone()
+    return final
+
+
+def load_train_state(path: Path) -> TrainState:
+    return TrainState(**json.loads((path / "trainer_state.json").read_text()))
+
+
+def load_optimizer_state(accelerator, path: Path, optimizer, scheduler) -> None:
+    """Before `prepare` for plain optimizers; the sharded (DeepSpeed/FSDP) state loads after it."""
+    if (path / "optimizer.pt").is_file():
+        optimizer.load_state_dict(torch.load(path / "optimizer.pt", map_location="cpu", weights_only=False))
+    scheduler.load_state_dict(torch.load(path / "scheduler.pt", map_location="cpu", weights_only=False))
+
+
+def load_sharded_state(accelerator, path: Path) -> None:
+    if (path / "accelerate").is_dir():
+        accelerator.load_state(str(path / "accelerate"))
+
+
+def load_rank_state(path: Path, rank: int, world_size: int, old: TrainState, per_device_batch_size: int,
+                    loader) -> None:
+    """RNG and data position of this rank; a changed world size maps the position by samples consumed."""
+    rng_file = path / f"rng_rank{rank}.pt"
+    if rng_file.is_file():
+        set_rng_state(torch.load(rng_file, map_location="cpu", weights_only=False))
+    pos = json.loads((path / f"loader_rank{min(rank, old.world_size - 1)}.json").read_text())
+    if world_size != old.world_size or per_device_batch_size != old.per_device_batch_size:
+        consumed = pos["batch"] * old.world_size * old.per_device_batch_size
+        pos = {"epoch": pos["epoch"], "batch": consumed // (world_size * per_device_batch_size)}
+    loader.load_state_dict(pos)
+
+
+def _sharded_optimizer(accelerator) -> bool:
+    from accelerate.utils import DistributedType
+
+    return accelerator.distributed_type in (DistributedType.DEEPSPEED, DistributedType.FSDP)

@@ -1,0 +1,276 @@
+"""The training loop on accelerate: one process on CPU/GPU, or many under `accelerate launch`.
+
+    trainer = Trainer(load_config("configs/tiny_cpu.yaml"))
+    trainer.fit()
+
+One optimizer step = `gradient_accumulation_steps` micro-batches on every rank. The
+trainer owns the loss weights (SA-GR schedule), the reduction (`loss.loss_share`), the
+device, the precision (bf16 autocast on CUDA only) and the optimizer; the model only
+returns per-sample terms. A step whose loss or gradient is not finite is skipped on every
+rank: no update, counted, logged.
+"""
+
+from __future__ import annotations
+
+import time
+import warnings
+from collections.abc import Iterator
+from contextlib import nullcontext
+
+import torch
+
+from sagrflow.core.batch import Batch
+from sagrflow.core.config import ConfigError
+from sagrflow.data.loader import TemporalLoader, build_dataset
+from sagrflow.model.policy import SAGRPolicy
+from sagrflow.train import checkpoint as ckpt
+from sagrflow.train import metrics as m
+from sagrflow.train.config import RunConfig, config_to_yaml, save_config
+from sagrflow.train.loss import loss_share
+from sagrflow.train.optim import build_optimizer, build_scheduler, freeze
+from sagrflow.train.schedule import sagr_weights
+from sagrflow.train.stability import NonFiniteError, NonFiniteFinder, first_step_report, group_grad_norms
+from sagrflow.train.timing import VlmPassTimer
+
+_DIAGNOSTICS = {"has_image_tk": "debug/temporal/has_image_tk",
+                "task_tokens_next_available": "debug/temporal/task_tokens_next_available"}
+_ABSMAX = ("task_tokens", "pred_velocity", "drift")
+
+
+class Trainer:
+    def __init__(self, cfg: RunConfig, accelerator=None):
+        from accelerate import Accelerator
+        from accelerate.utils import set_seed
+
+        t = cfg.trainer
+        self.cfg = cfg
+        precision = t.mixed_precision if torch.cuda.is_available() else "no"  # no CPU autocast
+        self.accelerator = acc = accelerator or Accelerator(
+            gradient_accumulation_steps=t.gradient_accumulation_steps, mixed_precision=precision)
+        self.run_dir = cfg.run_dir
+        self.gas = t.gradient_accumulation_steps
+        set_seed(t.seed)  # the same initial weights on every rank
+        self.dataset = build_dataset(cfg.data)
+        self.loader = TemporalLoader(self.dataset, cfg.data, rank=acc.process_index, world_size=acc.num_processes,
+                                     pin_memory=acc.device.type == "cuda")
+        resume_from = ckpt.resolve_resume(t.resume, self.run_dir)
+        self.policy = self._build_policy(resume_from)
+        freeze(self.policy, t.freeze_modules)
+        optimizer = build_optimizer(self.policy, t)
+        self.scheduler = build_scheduler(optimizer, t)
+        self.state = ckpt.TrainState(world_size=acc.num_processes, per_device_batch_size=cfg.data.per_device_batch_size,
+                                     gradient_accumulation_steps=self.gas)
+        if resume_from is not None:
+            ckpt.load_optimizer_state(acc, resume_from, optimizer, self.scheduler)
+        self.model, self.optimizer = acc.prepare(self.policy, optimizer)
+        self.base_weights = cfg.framework.action_model.loss_weights
+        self.timer = VlmPassTimer(self.policy.backbone)
+        self._last_saved = -1
+        self._consecutive_skips = 0
+        self._reported = False
+        if resume_from is not None:
+            self._resume(resume_from)
+        else:
+            set_seed(t.seed + acc.process_index)  # each rank draws its own noise and flow times
+        if acc.is_main_process:
+            save_config(cfg, self.run_dir / "config.yaml")
+        self.logger = m.MetricsLogger(self.run_dir, t.logger, acc.is_main_process, wandb_project=t.wandb_project,
+                                      wandb_mode=t.wandb_mode, run_name=t.run_name)
+
+    # --- construction --------------------------------------------------------------------
+    def _build_policy(self, resume_from) -> SAGRPolicy:
+        self._check_data_matches_model()
+        if resume_from is not None:
+            policy = SAGRPolicy.load(resume_from / ckpt.POLICY_DIR)  # strict: names each missing parameter
+            if policy.config != self.cfg.framework:
+                raise ConfigError(f"the framework section differs from the checkpoint's ({resume_from}); "
+                                  "resume with the checkpoint's framework config or start a new run_name")
+            return policy
+        norms = self.dataset.normalizers
+        if len(norms) != 1:
+            warnings.warn(f"the mix holds robot types {sorted(norms)}; the policy gets no normalizers "
+                          "(normalizers.json in each checkpoint keeps them all)", stacklevel=2)
+            return SAGRPolicy.from_config(self.cfg.framework)
+        (pair,) = norms.values()
+        state = pair["state"] if self.cfg.framework.action_model.state_dim else None
+        return SAGRPolicy.from_config(self.cfg.framework, pair["action"], state)
+
+    def _check_data_matches_model(self) -> None:
+        am, ds = self.cfg.framework.action_model, self.dataset.datasets[0]
+        checks = [("action_dim", ds.action.shape[1], am.action_dim),
+                  ("action_horizon", ds.embodiment.horizon, am.action_horizon)]
+        if self.cfg.data.include_state and am.state_dim:
+            checks.append(("state_dim", ds.state.shape[1], am.state_dim))
+        for name, data_value, model_value in checks:
+            if data_value != model_value:
+                raise ConfigError(f"framework.action_model.{name}={model_value} but the data has {data_value}: "
+                                  f"set framework.action_model.{name}: {data_value}")
+
+    def _resume(self, path) -> None:
+        acc = self.accelerator
+        old = ckpt.load_train_state(path)
+        self.state.step, self.state.skipped_steps, self.state.samples_seen = old.step, old.skipped_steps, old.samples_seen
+        ckpt.load_sharded_state(acc, path)
+        ckpt.load_rank_state(path, acc.process_index, acc.num_processes, old, self.cfg.data.per_device_batch_size,
+                             self.loader)  # RNG last: nothing after it may draw
+        self._last_saved = old.step
+        if acc.is_main_process:
+            print(f"resumed from {path} at step {old.step}")
+
+    # --- the step ------------------------------------------------------------------------
+    def train_step(self, micro_batches: list[Batch]) -> dict[str, float]:
+        acc, t = self.accelerator, self.cfg.trainer
+        w = sagr_weights(self.state.step, t.sagr_phase_a_steps, t.sagr_phase_b_ramp_steps, self.base_weights)
+        n_samples, n_valid = self._global_counts(micro_batches)
+        stats: dict[str, torch.Tensor] = {}
+        for batch in micro_batches:
+            batch = batch.to(acc.device, non_blocking=True)
+            with acc.accumulate(self.model):
+                with self._anomaly_finder(batch):
+                    out = self.model(batch, fm_only=t.fm_only)
+                total, terms = loss_share(out, w.as_dict(), n_samples, n_valid, scale=acc.num_processes)
+                acc.backward(total * self.gas)  # accelerate divides by gas; the shares already sum to the step loss
+            self._accumulate(stats, total, terms, out, len(micro_batches))
+        report_groups = group_grad_norms(self.optimizer) if not self._reported else None
+        grad_norm = acc.clip_grad_norm_(self.model.parameters(), t.max_grad_norm or float("inf"))
+        values = self._reduce(stats, grad_norm)  # the step's one host sync
+        skipped = not (_finite(values["loss/total"]) and _finite(values["optim/grad_norm"]))
+        if not skipped:
+            self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        self.scheduler.step()
+        values.update(self._schedule_metrics(w, n_valid / n_samples, skipped))
+        if report_groups is not None:
+            self._report_first_step(values, report_groups)
+        return values
+
+    def _global_counts(self, micro_batches: list[Batch]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Samples and valid_tk samples of the whole step: every micro-batch, every rank."""
+        valid = torch.cat([b.valid_tk for b in micro_batches]).to(self.accelerator.device)
+        counts = torch.stack([torch.tensor(float(valid.numel()), device=valid.device), (valid > 0).float().sum()])
+        counts = self.accelerator.reduce(counts, "sum") if self.accelerator.num_processes > 1 else counts
+        return counts[0], counts[1]
+
+    def _accumulate(self, stats: dict, total: torch.Tensor, terms: dict, out: dict, n_micro: int) -> None:
+        rows = {"loss/total": total.detach(), **{f"loss/{k}": v.detach() for k, v in terms.items()}}
+        rows.update({name: out[key].detach().float() / n_micro for key, name in _DIAGNOSTICS.items()})
+        for key, value in rows.items():
+            stats[key] = stats.get(key, 0) + value
+        for key in _ABSMAX:
+            v = out[f"absmax/{key}"].detach().float()
+            name = f"debug/absmax/{key}"
+            stats[name] = torch.maximum(stats[name], v) if name in stats else v
+
+    def _reduce(self, stats: dict, grad_norm) -> dict[str, float]:
+        acc = self.accelerator
+        names = [k for k in stats if not k.startswith("debug/absmax/")]
+        vec = torch.stack([torch.as_tensor(stats[k], device=acc.device).float() for k in names])
+        peaks = torch.stack([stats[f"debug/absmax/{k}"] for k in _ABSMAX]).to(acc.device)
+        if acc.num_processes > 1:
+            vec = acc.reduce(vec, "mean")  # shares are scaled by the world size: their mean is the global value
+            torch.distributed.all_reduce(peaks, op=torch.distributed.ReduceOp.MAX)
+        norm = float("nan") if grad_norm is None else float(grad_norm)
+        out = dict(zip(names, vec.tolist(), strict=True))
+        out.update(zip((f"debug/absmax/{k}" for k in _ABSMAX), peaks.tolist(), strict=True))
+        out["optim/grad_norm"] = norm
+        return out
+
+    def _schedule_metrics(self, w, valid_ratio: torch.Tensor, skipped: bool) -> dict[str, float]:
+        ratio = float(valid_ratio)
+        out = {
+            "debug/sagr_schedule/phase": w.phase, "debug/sagr_schedule/alpha": w.alpha,
+            "debug/sagr_schedule/loss_w_fm": w.fm, "debug/sagr_schedule/loss_w_dyn": w.dyn,
+            "debug/sagr_schedule/loss_w_geo": w.geo, "debug/sagr_schedule/loss_w_reg": w.reg,
+            "debug/loss/weight_dyn": w.dyn, "debug/loss/weight_geo": w.geo, "debug/loss/weight_reg": w.reg,
+            "debug/loss/valid_tk_ratio": ratio, "debug/temporal/valid_tk_ratio": ratio,
+            "stability/step_skipped": float(skipped),
+        }
+        lrs = {g.get("name", str(i)): g["lr"] for i, g in enumerate(self.optimizer.param_groups)}
+        out.update({f"optim/lr/{name}": lr for name, lr in lrs.items()})
+        out["optim/lr"] = lrs.get("base", next(iter(lrs.values())))
+        return out
+
+    def _anomaly_finder(self, batch: Batch):
+        if not self.cfg.trainer.detect_anomaly:
+            return nullcontext()
+        finder = NonFiniteFinder(self.policy)
+        finder.check_batch(batch)
+        return finder
+
+    def _report_first_step(self, values: dict, groups: dict) -> None:
+        self._reported = True
+        if not self.accelerator.is_main_process:
+            return
+        keys = [f"debug/absmax/{k}" for k in _ABSMAX] + list(m.LOSSES) + ["optim/grad_norm"]
+        text = first_step_report({k: values[k] for k in keys}, groups, self.run_dir / "first_step_report.json")
+        print(text)
+
+    # --- the loop ------------------------------------------------------------------------
+    def fit(self, stop_at_step: int | None = None) -> ckpt.TrainState:
+        """Train to `trainer.max_train_steps` (or stop after `stop_at_step`, as a preemption would)."""
+        from tqdm.auto import tqdm
+
+        t, acc = self.cfg.trainer, self.accelerator
+        end = t.max_train_steps if stop_at_step is None else min(stop_at_step, t.max_train_steps)
+        global_batch = self.cfg.data.per_device_batch_size * self.gas * acc.num_processes
+        batches = iter(self.loader)
+        bar = tqdm(total=t.max_train_steps, initial=self.state.step, disable=not acc.is_main_process,
+                   dynamic_ncols=True, desc="train")
+        try:
+            while self.state.step < end:
+                values = self._timed_step(batches, global_batch)
+                self._after_step(values, bar)
+            if self._last_saved != self.state.step:
+                self.save()
+        finally:
+            bar.close()
+            self.logger.close()
+        return self.state
+
+    def _timed_step(self, batches: Iterator[Batch], global_batch: int) -> dict[str, float]:
+        start = time.perf_counter()
+        micro = [next(batches) for _ in range(self.gas)]
+        data_time = time.perf_counter() - start
+        values = self.train_step(micro)
+        step_time = time.perf_counter() - start
+        passes = self.timer.collect()
+        values.update({"perf/step_time_s": step_time, "perf/data_time_s": data_time,
+                       "perf/samples_per_s": global_batch / step_time, "perf/vlm_t_time_s": passes["t"],
+                       "perf/vlm_tk_time_s": passes["tk"]})
+        return values
+
+    def _after_step(self, values: dict[str, float], bar) -> None:
+        t = self.cfg.trainer
+        step = self.state.step  # the index of the step just taken, as its schedule saw it
+        skipped = values["stability/step_skipped"] > 0
+        self.state.step += 1
+        self.state.samples_seen += self.cfg.data.per_device_batch_size * self.gas * self.accelerator.num_processes
+        self.state.skipped_steps += int(skipped)
+        self._consecutive_skips = self._consecutive_skips + 1 if skipped else 0
+        values["stability/skipped_steps"] = self.state.skipped_steps
+        if skipped and self.accelerator.is_main_process:
+            bar.write(f"step {step}: non-finite loss {values['loss/total']:.4g} or grad norm "
+                      f"{values['optim/grad_norm']:.4g}; step skipped ({self.state.skipped_steps} so far)")
+        if skipped or step % t.log_interval == 0 or self.state.step == t.max_train_steps:
+            self.logger.log(step, values)
+        bar.set_postfix(loss=f"{values['loss/total']:.4f}", samples_s=f"{values['perf/samples_per_s']:.1f}",
+                        refresh=False)
+        bar.update(1)
+        if t.max_consecutive_skips and self._consecutive_skips >= t.max_consecutive_skips:
+            raise NonFiniteError(f"{self._consecutive_skips} non-finite steps in a row (last: step {step}); "
+                                 "rerun with --trainer.detect_anomaly true to find the first non-finite tensor")
+        if t.save_interval and self.state.step % t.save_interval == 0:
+            self.save()
+
+    def save(self):
+        path = ckpt.save_checkpoint(
+            self.accelerator, self.run_dir, self.state, policy=self.policy, optimizer=self.optimizer.optimizer
+            if hasattr(self.optimizer, "optimizer") else self.optimizer, scheduler=self.scheduler,
+            loader=self.loader, config_yaml=config_to_yaml(self.cfg), normalizers=self.dataset.normalizers,
+            save_total_limit=self.cfg.trainer.save_total_limit)
+        self._last_saved = self.state.step
+        return path
+
+
+def _finite(x: float) -> bool:
+    return x == x and x not in (float("inf"), float("-inf"))
