@@ -61,3 +61,38 @@ def test_too_small_mix_is_an_error(cfg):
     big = replace(cfg, per_device_batch_size=10_000)
     with pytest.raises(ValueError, match="fewer than one batch"):
         TemporalLoader(build_dataset(big), big)
+
+
+@pytest.mark.parametrize("world_size", [1, 2])
+def test_chains_pair_t_plus_k_with_a_t_in_the_same_batch(cfg, world_size):
+    from dataclasses import replace
+
+    chained = replace(cfg, chain_length=2, per_device_batch_size=4)
+    ds = build_dataset(chained)
+    seen = reused = 0
+    for rank in range(world_size):
+        for batch in itertools.islice(TemporalLoader(ds, chained, rank=rank, world_size=world_size), 10):
+            for i, j in enumerate(batch.tk_index.tolist()):
+                seen += int(batch.valid_tk[i])
+                if j >= 0:
+                    reused += 1
+                    assert batch.valid_tk[i] == 1
+                    assert batch.episode_index[j] == batch.episode_index[i]
+                    assert batch.frame_index[j] == batch.frame_index[i] + 7
+                    assert torch.equal(batch.image_tk[i], batch.image_t[j])  # identical pixels: exact reuse
+    # every chain's first member is valid in the 12- and 20-frame episodes
+    assert reused > 0.3 * seen
+
+
+def test_chain_length_must_divide_the_batch():
+    from sagrflow.core.config import ConfigError
+
+    with pytest.raises(ConfigError, match="chain_length=3 must be >= 1 and divide per_device_batch_size=4"):
+        VlaDataConfig(per_device_batch_size=4, chain_length=3)
+
+
+def test_tk_index_pairs_are_exact_even_without_chains(cfg):
+    batch = next(iter(TemporalLoader(build_dataset(cfg), cfg)))
+    for i, j in enumerate(batch.tk_index.tolist()):
+        if j >= 0:  # a coincidental pair is still an exact pair
+            assert torch.equal(batch.image_tk[i], batch.image_t[j])

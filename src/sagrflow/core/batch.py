@@ -59,6 +59,9 @@ class Batch:
     state_tk: torch.Tensor | None = None  # (B, S) float32
     lang_ids: torch.Tensor | None = None  # (B, L) int64
     lang_mask: torch.Tensor | None = None  # (B, L) int64
+    # tk_index[i] = j >= 0 when sample j's image_t is sample i's image_tk (same episode, frame
+    # t_i + k, pair valid): its detached tokens can stand in for a second VLM pass. -1 otherwise.
+    tk_index: torch.Tensor | None = None  # (B,) int64
 
     @property
     def batch_size(self) -> int:

@@ -21,6 +21,17 @@ def _images(samples: Sequence[dict], key: str) -> torch.Tensor:  # -> (B, C, 3, 
         raise ValueError(f"cannot batch {key}: images of shapes {shapes}; set one image_size for the mix") from exc
 
 
+def tk_index(samples: Sequence[dict]) -> torch.Tensor:  # -> (B,) int64
+    """For each valid sample, the position of the sample whose t is its t+k (same dataset and episode)."""
+    where = {(s.get(keys.DATASET_INDEX, 0), s[keys.EPISODE_INDEX], s[keys.FRAME_INDEX]): j for j, s in enumerate(samples)}
+    out = [
+        where.get((s.get(keys.DATASET_INDEX, 0), s[keys.EPISODE_INDEX], s[keys.FRAME_INDEX] + s[keys.TEMPORAL_DELTA_K]), -1)
+        if s[keys.VALID_TK] else -1
+        for s in samples
+    ]
+    return torch.tensor(out, dtype=torch.int64)
+
+
 def collate(samples: Sequence[dict], tokenizer: Tokenizer | None = None) -> Batch:
     if not samples:
         raise ValueError("collate got an empty list of samples")
@@ -51,4 +62,5 @@ def collate(samples: Sequence[dict], tokenizer: Tokenizer | None = None) -> Batc
         state_tk=torch.stack([s[keys.STATE_TK] for s in samples]).float() if has_state else None,
         lang_ids=lang_ids,
         lang_mask=lang_mask,
+        tk_index=tk_index(samples),
     )

@@ -22,6 +22,7 @@ class VlaDataConfig:
     observation_indices: tuple[int, ...] | None = None  # None keeps each embodiment's
     num_workers: int = 2
     decoder_cache_size: int = 64  # open video files kept per worker
+    chain_length: int = 1  # samples per episode chain t, t+k, ... (see data/mixtures.py); 1 = independent draws
     seed: int = 0
 
     def __post_init__(self):
@@ -29,6 +30,11 @@ class VlaDataConfig:
             raise ConfigError(f"datasets.vla_data.per_device_batch_size must be >= 1, got {self.per_device_batch_size}")
         if self.image_size is not None and (len(self.image_size) != 2 or min(self.image_size) < 1):
             raise ConfigError(f"datasets.vla_data.image_size must be [h, w], got {list(self.image_size)}")
+        if self.chain_length < 1 or self.per_device_batch_size % self.chain_length:
+            raise ConfigError(
+                f"datasets.vla_data.chain_length={self.chain_length} must be >= 1 and divide "
+                f"per_device_batch_size={self.per_device_batch_size}, so that no chain is split across batches"
+            )
         if self.num_workers < 0:
             raise ConfigError(f"datasets.vla_data.num_workers must be >= 0, got {self.num_workers}")
 

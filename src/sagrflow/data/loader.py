@@ -1,7 +1,8 @@
 """The training input pipeline: endless, sharded, resumable batches of the mixture.
 
 The mixture's draw for (epoch, index) is a pure function, so the loader only has to
-hand out index positions: rank r of W takes positions r, r+W, r+2W, ... of each epoch.
+hand out index positions: rank r of W takes blocks r, r+W, r+2W, ... of each epoch,
+a block being one position, or one chain of `chain_length` positions.
 The sampler yields `(epoch, index)` pairs, so persistent workers never depend on a
 `set_epoch` call reaching their copy of the dataset. The position (epoch, batches
 consumed) is all a checkpoint needs to continue exactly where a run stopped.
@@ -32,13 +33,16 @@ class LoaderPosition:
 
 
 class _EpochSampler(Sampler):
-    def __init__(self, length: int, batch_size: int, rank: int, world_size: int):
-        self.length, self.batch_size, self.rank, self.world_size = length, batch_size, rank, world_size
+    """Positions of one epoch for one rank, handed out in blocks (chains) that ranks never split."""
+
+    def __init__(self, length: int, batch_size: int, rank: int, world_size: int, block: int = 1):
+        self.length, self.batch_size, self.rank, self.world_size, self.block = length, batch_size, rank, world_size, block
         self.epoch = 0
         self.start_batch = 0
 
     def batches_per_epoch(self) -> int:
-        return (self.length // self.world_size) // self.batch_size  # drop_last: every batch is full
+        blocks = self.length // (self.world_size * self.block)
+        return blocks * self.block // self.batch_size  # drop_last: every batch is full
 
     def __len__(self) -> int:
         return (self.batches_per_epoch() - self.start_batch) * self.batch_size
@@ -47,7 +51,8 @@ class _EpochSampler(Sampler):
         first = self.start_batch * self.batch_size
         last = self.batches_per_epoch() * self.batch_size
         for j in range(first, last):
-            yield self.epoch, self.rank + j * self.world_size
+            block, within = divmod(j, self.block)
+            yield self.epoch, (self.rank + block * self.world_size) * self.block + within
 
 
 def build_dataset(cfg: VlaDataConfig) -> MixtureDataset:
@@ -60,6 +65,7 @@ def build_dataset(cfg: VlaDataConfig) -> MixtureDataset:
         seed=cfg.seed,
         decoder_cache_size=cfg.decoder_cache_size,
         observation_indices=cfg.observation_indices,
+        chain_length=cfg.chain_length,
     )
 
 
@@ -73,7 +79,7 @@ class TemporalLoader:
                              f"{cfg.per_device_batch_size} on each of {world_size} ranks")
         self.dataset = dataset
         self.position = LoaderPosition()
-        self._sampler = _EpochSampler(len(dataset), cfg.per_device_batch_size, rank, world_size)
+        self._sampler = _EpochSampler(len(dataset), cfg.per_device_batch_size, rank, world_size, dataset.chain_length)
         workers = cfg.num_workers
         self._loader = DataLoader(
             dataset,

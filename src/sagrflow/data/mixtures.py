@@ -4,6 +4,12 @@ A mixture sample is drawn as: pick a dataset with probability weight / sum(weigh
 then a base step uniformly among that dataset's frames. The draw for position i of
 epoch e is a pure function of (seed, e, i), so any worker, any resume, any order of
 access reproduces the same sample.
+
+With `chain_length` L > 1, positions come in blocks of L that share one draw and walk
+one episode in steps of k: t0, t0+k, ..., t0+(L-1)k (t0 moved back so the chain fits
+the episode where it can). The t+k frame of one member is then the t frame of the
+next, and the model can reuse its tokens instead of a second VLM pass. The price is
+diversity: a batch of B holds B/L independent (episode, t0) draws instead of B.
 """
 
 from __future__ import annotations
@@ -88,7 +94,11 @@ class MixtureDataset(Dataset):
         seed: int = 0,
         length: int | None = None,
         decoder_cache_size: int = 64,
+        chain_length: int = 1,
     ):
+        if chain_length < 1:
+            raise DataError("datasets.vla_data.chain_length", f"must be >= 1, got {chain_length}")
+        self.chain_length = chain_length
         self.entries = resolve_mix(data_mix)
         root = Path(data_root_dir)
         overrides = {"image_size": tuple(image_size)} if image_size else {}
@@ -143,9 +153,18 @@ class MixtureDataset(Dataset):
     def draw(self, index: int, epoch: int | None = None) -> tuple[int, int]:
         """(dataset position, base step) for position `index` of `epoch` (default: the current one)."""
         epoch = self.epoch if epoch is None else epoch
-        rng = np.random.default_rng((self.seed, int(epoch), int(index)))
+        chain, member = divmod(int(index), self.chain_length)
+        rng = np.random.default_rng((self.seed, int(epoch), chain))
         d = int(rng.choice(len(self.datasets), p=self.probs))
-        return d, int(rng.integers(len(self.datasets[d])))
+        ds = self.datasets[d]
+        step = int(rng.integers(len(ds)))
+        if self.chain_length == 1:
+            return d, step
+        episode, t0 = ds.locate(step)
+        length, k = ds.reader.episodes[episode].length, ds.embodiment.k
+        t0 = max(0, min(t0, length - 1 - (self.chain_length - 1) * k))
+        t = min(t0 + member * k, length - 1)
+        return d, int(ds.reader.episode_starts[episode]) + t
 
     def __getitem__(self, index: int | tuple[int, int]) -> dict:
         """`mix[i]` draws position i of the current epoch; `mix[(epoch, i)]` names the epoch."""
