@@ -1,0 +1,189 @@
+"""What the rollout harness drives: a tiny batched policy protocol and its adapters.
+
+A policy serves several environment slots at once (the harness steps them in lockstep):
+`reset(slot, episode)` starts an episode in a slot, `act(observations, slots)` returns one
+action chunk per slot asked. Adapters: the SA-GR checkpoint, the sim's scripted expert (it
+reads the privileged scene, so it only runs on the built-in sim), a uniform random policy
+and a zero policy (the "do nothing" baseline).
+
+Legend: H chunk length, A action dim.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import numpy as np
+
+ACTION_DIM = 7  # LIBERO and the sim: xyz, roll pitch yaw deltas, gripper
+CAMERAS = ("image", "wrist_image")  # the libero_franka camera order
+
+
+@dataclass(frozen=True)
+class Episode:
+    """What a policy learns at the start of an episode."""
+
+    task: str
+    instruction: str
+    seed: int
+    env: Any = None  # the environment itself; only privileged (scripted) policies may read it
+
+    @property
+    def key(self) -> str:
+        return f"{self.task}#{self.seed}"
+
+
+@dataclass(frozen=True)
+class Chunk:
+    """One policy answer: (H, A) actions to execute, and the world model's surprise signal."""
+
+    actions: np.ndarray  # (H, A) float32, un-normalized
+    replan: bool = False  # RRR above threshold: drop the rest of the chunk being executed
+    rrr: float = 0.0
+
+    def __post_init__(self):
+        if self.actions.ndim != 2 or len(self.actions) == 0:
+            raise ValueError(f"a chunk's actions must be (H >= 1, A), got shape {self.actions.shape}")
+
+
+class Policy(Protocol):
+    name: str
+
+    def reset(self, slot: int, episode: Episode) -> None: ...
+
+    def act(self, observations: Sequence[dict], slots: Sequence[int]) -> list[Chunk]: ...
+
+
+# ---------------------------------------------------------------------- baselines
+class ExpertPolicy:
+    """The sim's scripted expert, one step per chunk (it is closed-loop by nature)."""
+
+    name = "expert"
+
+    def __init__(self, noise: float = 0.0):
+        self.noise = noise
+        self._slots: dict[int, tuple[Any, Any]] = {}
+
+    def reset(self, slot: int, episode: Episode) -> None:
+        from sagrflow.sim.env import SimEnv
+        from sagrflow.sim.expert import ScriptedExpert
+
+        if not isinstance(episode.env, SimEnv):
+            raise ValueError("the scripted expert reads the sim's scene: it only runs on the built-in sim suites")
+        self._slots[slot] = (episode.env, ScriptedExpert(noise=self.noise, seed=episode.seed))
+
+    def act(self, observations: Sequence[dict], slots: Sequence[int]) -> list[Chunk]:
+        return [Chunk(self._slots[s][1].act(self._slots[s][0])[None]) for s in slots]
+
+
+class RandomPolicy:
+    """Uniform actions in [-1, 1]; the floor a learned policy must clear."""
+
+    name = "random"
+
+    def __init__(self, horizon: int = 8, action_dim: int = ACTION_DIM):
+        self.horizon, self.action_dim = horizon, action_dim
+        self._rngs: dict[int, np.random.Generator] = {}
+
+    def reset(self, slot: int, episode: Episode) -> None:
+        self._rngs[slot] = np.random.default_rng(episode.seed)
+
+    def act(self, observations: Sequence[dict], slots: Sequence[int]) -> list[Chunk]:
+        return [Chunk(self._rngs[s].uniform(-1, 1, (self.horizon, self.action_dim)).astype(np.float32))
+                for s in slots]
+
+
+class ZeroPolicy:
+    """Stands still with the gripper open."""
+
+    name = "zero"
+
+    def __init__(self, horizon: int = 8, action_dim: int = ACTION_DIM):
+        self.chunk = np.zeros((horizon, action_dim), np.float32)
+        self.chunk[:, -1] = -1.0  # open
+
+    def reset(self, slot: int, episode: Episode) -> None:
+        pass
+
+    def act(self, observations: Sequence[dict], slots: Sequence[int]) -> list[Chunk]:
+        return [Chunk(self.chunk.copy()) for _ in slots]
+
+
+# ---------------------------------------------------------------------- SA-GR checkpoint
+@dataclass
+class SAGRAdapter:
+    """A loaded `SAGRPolicy`: one batched `predict_action` for all slots that need a chunk.
+
+    The world-model memory is keyed by episode, so concurrent episodes never mix residuals.
+    """
+
+    policy: Any  # sagrflow.model.SAGRPolicy (kept untyped: this module must not import torch)
+    cameras: tuple[str, ...] = CAMERAS
+    num_steps: int | None = None
+    seed: int = 0
+    name: str = "sagr"
+    _episodes: dict[int, Episode] = field(default_factory=dict)
+
+    def __post_init__(self):
+        import torch
+
+        self._generator = torch.Generator(device=self.policy.head.action_out.weight.device)
+        self._generator.manual_seed(self.seed)
+
+    @property
+    def horizon(self) -> int:
+        return self.policy.config.action_model.action_horizon
+
+    def reset(self, slot: int, episode: Episode) -> None:
+        old = self._episodes.get(slot)
+        if old is not None:
+            self.policy.reset(old.key)
+        self._episodes[slot] = episode
+        self.policy.reset(episode.key)
+
+    def act(self, observations: Sequence[dict], slots: Sequence[int]) -> list[Chunk]:
+        batch = []
+        for obs, slot in zip(observations, slots, strict=True):
+            episode = self._episodes[slot]
+            missing = [k for k in self.cameras if k not in obs]
+            if missing:
+                raise ValueError(f"observation lacks cameras {missing}; it has {sorted(obs)}")
+            batch.append({"image": [obs[k] for k in self.cameras], "lang": episode.instruction,
+                          "state": obs.get("state"), "episode_id": episode.key})
+        out = self.policy.predict_action(batch, num_steps=self.num_steps, generator=self._generator)
+        return [Chunk(out["actions"][i].astype(np.float32), bool(out["replan"][i]), float(out["rrr"][i]))
+                for i in range(len(batch))]
+
+
+def load_sagr(checkpoint: str, device: str = "cpu", num_steps: int | None = None, seed: int = 0) -> SAGRAdapter:
+    from sagrflow.model.policy import SAGRPolicy
+
+    policy = SAGRPolicy.load(checkpoint, device=device).eval()
+    return SAGRAdapter(policy, num_steps=num_steps, seed=seed)
+
+
+@dataclass(frozen=True)
+class PolicySpec:
+    """A picklable recipe for a policy, so worker processes can build their own copy."""
+
+    kind: str  # "sagr" | "expert" | "random" | "zero"
+    checkpoint: str | None = None
+    device: str = "cpu"
+    num_steps: int | None = None
+    seed: int = 0
+    horizon: int = 8
+
+    def build(self) -> Policy:
+        if self.kind == "sagr":
+            if not self.checkpoint:
+                raise ValueError("policy 'sagr' needs a --checkpoint directory")
+            return load_sagr(self.checkpoint, self.device, self.num_steps, self.seed)
+        if self.kind == "expert":
+            return ExpertPolicy()
+        if self.kind == "random":
+            return RandomPolicy(self.horizon)
+        if self.kind == "zero":
+            return ZeroPolicy(self.horizon)
+        raise ValueError(f"unknown policy {self.kind!r}; valid: sagr, expert, random, zero")
