@@ -213,6 +213,9 @@ class Trainer:
         t, acc = self.cfg.trainer, self.accelerator
         end = t.max_train_steps if stop_at_step is None else min(stop_at_step, t.max_train_steps)
         global_batch = self.cfg.data.per_device_batch_size * self.gas * acc.num_processes
+        # accelerate keeps the accumulation count in a process-wide singleton: a second Accelerator
+        # made in this process (another Trainer) would otherwise change how this one scales and syncs
+        acc.gradient_accumulation_steps = self.gas
         batches = iter(self.loader)
         bar = tqdm(total=t.max_train_steps, initial=self.state.step, disable=not acc.is_main_process,
                    dynamic_ncols=True, desc="train")
@@ -229,7 +232,10 @@ class Trainer:
 
     def _timed_step(self, batches: Iterator[Batch], global_batch: int) -> dict[str, float]:
         start = time.perf_counter()
-        micro = [next(batches) for _ in range(self.gas)]
+        # torch's DataLoader draws its base seed from the global generator whenever it starts an
+        # epoch's iterator; fenced off, resuming mid-epoch leaves the model's noise stream intact
+        with torch.random.fork_rng(devices=[]):
+            micro = [next(batches) for _ in range(self.gas)]
         data_time = time.perf_counter() - start
         values = self.train_step(micro)
         step_time = time.perf_counter() - start

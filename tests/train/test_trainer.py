@@ -1,0 +1,196 @@
+"""End to end on the tiny backbone and a tiny sim_all mix: metrics, checkpoints, resume, NaN steps."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import replace
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from sagrflow.data.loader import TemporalLoader
+from sagrflow.model.policy import WEIGHTS_FILE, SAGRPolicy
+from sagrflow.train import metrics as m
+from sagrflow.train.checkpoint import COMPLETE, latest_checkpoint
+from sagrflow.train.config import load_config
+from sagrflow.train.stability import NonFiniteError
+from sagrflow.train.trainer import Trainer
+
+
+def _rows(cfg):
+    return m.read_metrics(cfg.run_dir / "metrics.jsonl")
+
+
+def _weights(checkpoint):
+    return load_file(str(checkpoint / "policy" / WEIGHTS_FILE))
+
+
+def test_short_run_logs_every_metric_and_checkpoints(make_config):
+    cfg = make_config(**{"trainer.max_train_steps": 3, "trainer.save_interval": 2, "trainer.logger": "tensorboard",
+                         "trainer.sagr_phase_a_steps": 1, "trainer.sagr_phase_b_ramp_steps": 1})
+    state = Trainer(cfg).fit()
+    assert state.step == 3 and state.skipped_steps == 0
+    rows = _rows(cfg)
+    assert [r["step"] for r in rows] == [0, 1, 2]
+    for name in m.ALL:
+        assert all(name in r for r in rows), name
+    assert {"optim/lr/base", "optim/lr/backbone"} <= set(rows[0])
+    assert [r["debug/sagr_schedule/phase"] for r in rows] == [0, 1, 2]
+    assert [r["debug/loss/weight_dyn"] for r in rows] == pytest.approx([0.0, 0.1, 0.2])
+    assert all(math.isfinite(r["loss/total"]) and r["perf/samples_per_s"] > 0 for r in rows)
+    assert all(r["perf/vlm_t_time_s"] > 0 for r in rows)
+    # the t+k pass runs exactly when some sample of the batch has a valid target
+    assert all((r["perf/vlm_tk_time_s"] > 0) == (r["debug/temporal/task_tokens_next_available"] > 0) for r in rows)
+    assert 0 < rows[0]["debug/temporal/valid_tk_ratio"] <= 1
+    # run directory: resolved config, first-step report, checkpoints at step 2 and the end
+    assert load_config(cfg.run_dir / "config.yaml") == cfg
+    assert (cfg.run_dir / "first_step_report.json").is_file()
+    assert sorted(p.name for p in (cfg.run_dir / "checkpoints").iterdir()) == ["step_0000002", "step_0000003"]
+    last = latest_checkpoint(cfg.run_dir)
+    assert last.name == "step_0000003"
+    for name in ("config.yaml", "normalizers.json", "optimizer.pt", "scheduler.pt", "trainer_state.json",
+                 "rng_rank0.pt", "loader_rank0.json", COMPLETE):
+        assert (last / name).is_file(), name
+    policy = SAGRPolicy.load(last / "policy")
+    assert policy.action_normalizer is not None and policy.state_normalizer is not None
+    if any((cfg.run_dir / "tensorboard").glob("events.*")):
+        assert (cfg.run_dir / "tensorboard").is_dir()
+
+
+def test_resume_continues_exactly(make_config):
+    common = {"trainer.max_train_steps": 6, "trainer.save_interval": 3, "trainer.sagr_phase_a_steps": 1,
+              "trainer.sagr_phase_b_ramp_steps": 2}
+    full = make_config(**common, **{"trainer.run_name": "full"})
+    Trainer(full).fit()
+    part = make_config(**common, **{"trainer.run_name": "part"})
+    Trainer(part).fit(stop_at_step=3)  # as if preempted after the step-3 checkpoint
+    # a crash in the middle of writing the next checkpoint leaves a temp folder and no COMPLETE
+    (part.run_dir / "checkpoints" / ".tmp_step_0000004").mkdir()
+    torn = part.run_dir / "checkpoints" / "step_0000005"
+    torn.mkdir()
+    (torn / "trainer_state.json").write_text("{")
+    resumed = Trainer(part)
+    assert resumed.state.step == 3 and resumed.loader.position.batch == 3
+    torn.rename(torn.with_name(".torn"))  # out of the way of the resumed run's own step-5 save
+    resumed.fit()
+    full_losses = [(r["step"], r["loss/total"], r["loss/dyn"]) for r in _rows(full)]
+    part_losses = [(r["step"], r["loss/total"], r["loss/dyn"]) for r in _rows(part)]
+    assert part_losses == full_losses  # exact, step for step
+    a, b = _weights(latest_checkpoint(full.run_dir)), _weights(latest_checkpoint(part.run_dir))
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_resume_refuses_a_checkpoint_that_misses_a_tensor(make_config):
+    from safetensors.torch import save_file
+
+    cfg = make_config(**{"trainer.max_train_steps": 1})
+    Trainer(cfg).fit()
+    path = latest_checkpoint(cfg.run_dir) / "policy" / WEIGHTS_FILE
+    weights = load_file(str(path))
+    dropped = next(k for k in weights if k.startswith("head."))
+    del weights[dropped]
+    save_file(weights, str(path))
+    with pytest.raises(RuntimeError, match=f"missing: {dropped}"):
+        Trainer(replace(cfg, trainer=replace(cfg.trainer, max_train_steps=2)))
+
+
+def _poison(monkeypatch, which):
+    plain = TemporalLoader.__iter__
+
+    def poisoned(self):
+        for i, batch in enumerate(plain(self)):
+            if which(i):
+                action = batch.action.clone()
+                action[0, 0, 0] = float("nan")
+                batch = replace(batch, action=action)
+            yield batch
+
+    monkeypatch.setattr(TemporalLoader, "__iter__", poisoned)
+
+
+def test_nonfinite_step_is_skipped_and_training_continues(make_config, monkeypatch):
+    _poison(monkeypatch, lambda i: i == 1)
+    cfg = make_config(**{"trainer.max_train_steps": 4, "trainer.save_interval": 2})
+    trainer = Trainer(cfg)
+    state = trainer.fit()
+    assert state.step == 4 and state.skipped_steps == 1
+    rows = _rows(cfg)
+    assert [r["stability/step_skipped"] for r in rows] == [0, 1, 0, 0]
+    assert [r["stability/skipped_steps"] for r in rows] == [0, 1, 1, 1]
+    assert not math.isfinite(rows[1]["loss/total"])
+    assert all(math.isfinite(rows[i]["loss/total"]) for i in (0, 2, 3))
+    assert all(torch.isfinite(p).all() for p in trainer.policy.parameters())
+    adam_steps = {int(s["step"]) for s in trainer.optimizer.state_dict()["state"].values()}
+    assert adam_steps == {3}  # four steps, one without an update
+    assert all(torch.isfinite(v).all() for v in _weights(latest_checkpoint(cfg.run_dir)).values())
+
+
+def test_too_many_nonfinite_steps_stop_the_run(make_config, monkeypatch):
+    _poison(monkeypatch, lambda i: True)
+    cfg = make_config(**{"trainer.max_train_steps": 5, "trainer.max_consecutive_skips": 2})
+    with pytest.raises(NonFiniteError, match="2 non-finite steps in a row"):
+        Trainer(cfg).fit()
+
+
+def test_detect_anomaly_names_the_first_nonfinite_tensor(make_config, monkeypatch):
+    cfg = make_config(**{"trainer.max_train_steps": 1, "trainer.detect_anomaly": True})
+    trainer = Trainer(cfg)
+    handle = trainer.policy.head.action_in.register_forward_hook(lambda mod, args, out: out * float("nan"))
+    with pytest.raises(NonFiniteError, match="output of module 'head.action_in' \\(Linear\\); its inputs were finite"):
+        trainer.fit()
+    handle.remove()
+    _poison(monkeypatch, lambda i: True)
+    with pytest.raises(NonFiniteError, match=r"batch.action \(4, 8, 7\)"):
+        Trainer(replace(cfg, trainer=replace(cfg.trainer, run_name="poisoned"))).fit()
+
+
+def _deterministic_noise(monkeypatch):
+    """Flow time and noise as functions of each sample alone, so batch composition cannot matter."""
+    import sagrflow.model.action_head as action_head
+
+    monkeypatch.setattr(action_head, "sample_time", lambda n, eps, device=None: torch.full((n,), 0.37, device=device))
+    monkeypatch.setattr(torch, "randn_like", lambda x, **kw: torch.sin(7.3 * x + 1.1))
+
+
+def test_gradient_accumulation_matches_the_large_batch(make_config, monkeypatch):
+    _deterministic_noise(monkeypatch)
+    common = {"trainer.max_train_steps": 2, "trainer.sagr_phase_a_steps": 0}
+    big = make_config(**common, **{"trainer.run_name": "big", "datasets.vla_data.per_device_batch_size": 8})
+    small = make_config(**common, **{"trainer.run_name": "small", "datasets.vla_data.per_device_batch_size": 4,
+                                     "trainer.gradient_accumulation_steps": 2})
+    tb = Trainer(big)
+    grads_big = _first_step_grads(tb)
+    tb.fit()
+    ts = Trainer(small)
+    grads_small = _first_step_grads(ts)
+    # the micro-batches hold different numbers of valid t+k samples: a mean of their masked means would be wrong
+    probe = iter(TemporalLoader(ts.dataset, small.data))
+    valid = [int(next(probe).valid_tk.sum()) for _ in range(4)]
+    assert valid[0] != valid[1] or valid[2] != valid[3], valid
+    ts.fit()
+    rb, rs = _rows(big), _rows(small)
+    for key in ("loss/total", "loss/fm", "loss/dyn", "loss/geo", "optim/grad_norm"):
+        assert [r[key] for r in rs] == pytest.approx([r[key] for r in rb], rel=1e-5), key
+    # the accumulated gradient is the large batch's; Adam's first update is about sign(grad) * lr,
+    # so weights are compared to a fraction of lr (gradients that are 0 up to rounding may flip sign)
+    scale = max(g.abs().max() for g in grads_big.values())
+    for name, g in grads_big.items():
+        torch.testing.assert_close(grads_small[name], g, rtol=1e-4, atol=1e-6 * scale, msg=name)
+    lr = big.trainer.learning_rate["base"]
+    for (name, pb), ps in zip(tb.policy.named_parameters(), ts.policy.parameters(), strict=True):
+        torch.testing.assert_close(ps, pb, rtol=0, atol=0.05 * lr, msg=name)
+
+
+def _first_step_grads(trainer) -> dict[str, torch.Tensor]:
+    """The gradients the optimizer sees at its first step."""
+    grads: dict[str, torch.Tensor] = {}
+    names = {id(p): n for n, p in trainer.policy.named_parameters()}
+
+    def snapshot(optimizer, args, kwargs):
+        if not grads:
+            grads.update({names[id(p)]: p.grad.clone() for g in optimizer.param_groups for p in g["params"]
+                          if p.grad is not None})
+
+    trainer.optimizer.optimizer.register_step_pre_hook(snapshot)
+    return grads
