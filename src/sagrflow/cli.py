@@ -17,6 +17,7 @@ COMMAND_MODULES = (
     "sagrflow.sim.cli",
     "sagrflow.tools.cli",
     "sagrflow.train.cli",
+    "sagrflow.eval.cli",
 )
 
 

@@ -179,7 +179,7 @@ def _film_frame(obs: dict) -> dict:
 
 
 # ---------------------------------------------------------------------- whole suites
-def evaluate(spec: PolicySpec, suite: Suite, episodes: int, cfg: RolloutConfig = RolloutConfig(),
+def evaluate(spec: PolicySpec | None, suite: Suite, episodes: int, cfg: RolloutConfig = RolloutConfig(),
              video_dir: str | Path | None = None, videos: int = 0, workers: int = 1,
              policy: Policy | None = None, progress: Callable[[EpisodeResult], None] | None = None,
              ) -> tuple[list[EpisodeResult], float]:
@@ -188,10 +188,12 @@ def evaluate(spec: PolicySpec, suite: Suite, episodes: int, cfg: RolloutConfig =
     `policy` overrides `spec.build()` in this process (a remote client, a test double);
     with `workers > 1` each worker process builds its own from `spec`.
     """
+    if spec is None and policy is None:
+        raise ValueError("evaluate needs a policy spec or a policy")
     jobs = plan_jobs(suite, episodes, videos)
     start = time.perf_counter()
     if workers <= 1 or policy is not None:
-        results = run_jobs(policy or spec.build(), suite, jobs, cfg, video_dir, progress)
+        results = run_jobs(policy if policy is not None else spec.build(), suite, jobs, cfg, video_dir, progress)
     else:
         results = _run_in_processes(spec, suite, jobs, cfg, video_dir, workers, progress)
     return results, time.perf_counter() - start

@@ -1,0 +1,106 @@
+"""`sagrflow eval` (closed-loop success rates) and `sagrflow serve` (websocket policy server)."""
+
+from __future__ import annotations
+
+import argparse
+
+POLICIES = ("sagr", "expert", "random", "zero")
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    ev = sub.add_parser("eval", help="closed-loop evaluation on the sim or LIBERO: success rates, CIs, videos")
+    ev.add_argument("--checkpoint", help="policy directory (from policy.save / the trainer)")
+    ev.add_argument("--policy", choices=POLICIES, default=None,
+                    help="sagr (the checkpoint, default) | expert | random | zero (baselines, no checkpoint)")
+    ev.add_argument("--server", help="HOST:PORT of a running `sagrflow serve` to evaluate instead")
+    ev.add_argument("--suite", default="all",
+                    help="sim: all | spatial | object | goal | long; LIBERO: libero_spatial | libero_object | "
+                         "libero_goal | libero_10 (default: all)")
+    ev.add_argument("--episodes", type=int, default=10, help="episodes per task (default: 10)")
+    ev.add_argument("--seed", type=int, default=None,
+                    help="first episode seed (default: 100000 on the sim, init state 0 on LIBERO)")
+    ev.add_argument("--execute-steps", type=int, default=None,
+                    help="actions executed from each chunk before asking again (default: the whole chunk)")
+    ev.add_argument("--check-every", type=int, default=None,
+                    help="also ask mid-chunk every N steps and replan when the RRR signal fires (default: off)")
+    ev.add_argument("--num-envs", type=int, default=8, help="episodes stepped in lockstep, one batched call (default: 8)")
+    ev.add_argument("--workers", type=int, default=1, help="processes splitting the tasks (default: 1)")
+    ev.add_argument("--max-steps", type=int, default=None, help="override every task's step limit")
+    ev.add_argument("--num-steps", type=int, default=None, help="Euler steps per chunk (default: the checkpoint's)")
+    ev.add_argument("--image-size", type=int, default=None, help="camera size (default: 128 sim, 256 LIBERO)")
+    ev.add_argument("--videos", type=int, default=3, help="tasks whose first episode is filmed (default: 3)")
+    ev.add_argument("--device", default="cpu")
+    ev.add_argument("--out", default=None, help="run directory (default: runs/eval/<policy>_<suite>_<time>)")
+    ev.set_defaults(func=_eval)
+
+    sv = sub.add_parser("serve", help="serve a checkpoint over websocket + msgpack (openpi / starVLA clients)")
+    sv.add_argument("--checkpoint", required=True, help="policy directory")
+    sv.add_argument("--host", default="0.0.0.0")
+    sv.add_argument("--port", type=int, default=10093)
+    sv.add_argument("--device", default="cpu")
+    sv.set_defaults(func=_serve)
+
+
+def _eval(args: argparse.Namespace) -> int:
+    import time
+    from pathlib import Path
+
+    from sagrflow.eval.harness import RolloutConfig, evaluate
+    from sagrflow.eval.policies import PolicySpec
+    from sagrflow.eval.report import summarize, write_report
+    from sagrflow.eval.suites import get_suite
+
+    kind = args.policy or ("remote" if args.server else "sagr")
+    if kind == "sagr" and not args.checkpoint:
+        raise ValueError("give --checkpoint DIR, --server HOST:PORT, or a baseline --policy expert|random|zero")
+    suite = get_suite(args.suite, args.image_size, args.seed)
+    cfg = RolloutConfig(args.execute_steps, args.check_every, args.num_envs, args.max_steps)
+    spec = None if kind == "remote" else PolicySpec(kind, args.checkpoint, args.device, args.num_steps)
+    out = Path(args.out or f"runs/eval/{kind}_{suite.name}_{time.strftime('%Y%m%d-%H%M%S')}")
+    policy, client = None, None
+    if kind == "remote":
+        from sagrflow.eval.client import PolicyClient, RemotePolicy
+
+        host, _, port = args.server.rpartition(":")
+        client = PolicyClient(host or "127.0.0.1", int(port))
+        policy = RemotePolicy(client, num_steps=args.num_steps)
+
+    def progress(r) -> None:
+        print(f"{r.task:40s} seed {r.seed:<7d} {'success' if r.success else 'failure':8s} {r.steps:4d} steps"
+              f"{f'  {r.replans} replans' if r.replans else ''}", flush=True)
+
+    try:
+        results, seconds = evaluate(spec, suite, args.episodes, cfg, out / "videos", args.videos, args.workers,
+                                    policy=policy, progress=progress)
+    finally:
+        if client is not None:
+            client.close()
+    meta = {"policy": kind, "checkpoint": args.checkpoint or args.server or "", "suite": suite.name,
+            "episodes_per_task": args.episodes, "execute_steps": cfg.execute_steps, "check_every": cfg.check_every,
+            "num_envs": cfg.num_envs, "workers": args.workers, "seconds": round(seconds, 1)}
+    summary = summarize(results, meta)
+    json_path, md_path = write_report(summary, out)
+    o = summary["overall"]
+    print(f"\n{kind} on {suite.name}: {100 * o['success_rate']:.1f}% ({o['successes']}/{o['episodes']}), "
+          f"95% CI {100 * o['ci95'][0]:.1f}-{100 * o['ci95'][1]:.1f}%, {seconds:.1f} s")
+    print(f"report: {md_path}  {json_path}")
+    return 0
+
+
+def _serve(args: argparse.Namespace) -> int:
+    import logging
+
+    from sagrflow.eval.server import PolicyServer, policy_metadata
+    from sagrflow.model.policy import SAGRPolicy
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    policy = SAGRPolicy.load(args.checkpoint, device=args.device).eval()
+    server = PolicyServer(policy, policy_metadata(policy, args.checkpoint))
+    print(f"serving {args.checkpoint} on ws://{args.host}:{args.port} (Ctrl-C to stop)", flush=True)
+    try:
+        server.run(args.host, args.port)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        server.close()
+    return 0
