@@ -68,6 +68,12 @@ def test_resolved_config_round_trips(tmp_path):
     assert load_config(save_config(cfg, tmp_path / "config.yaml")) == cfg
 
 
+def test_check_temporal_reads_a_full_training_config(make_config, tmp_path, capsys):
+    path = save_config(make_config(), tmp_path / "full.yaml")
+    assert main(["check-temporal", "--config-yaml", str(path)]) == 0
+    assert "PASS" in capsys.readouterr().out
+
+
 def test_cli_reports_a_typo_in_one_line(capsys):
     assert main(["train", "--trainer.save_intervall", "5"]) == 2
     err = capsys.readouterr().err

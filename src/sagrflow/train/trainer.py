@@ -134,7 +134,9 @@ class Trainer:
         report_groups = group_grad_norms(self.optimizer) if not self._reported else None
         grad_norm = acc.clip_grad_norm_(self.model.parameters(), t.max_grad_norm or float("inf"))
         values = self._reduce(stats, grad_norm)  # the step's one host sync
-        skipped = not (_finite(values["loss/total"]) and _finite(values["optim/grad_norm"]))
+        # under DeepSpeed the engine owns clipping and reports no norm before its step: loss only
+        norm_ok = grad_norm is None or _finite(values["optim/grad_norm"])
+        skipped = not (_finite(values["loss/total"]) and norm_ok)
         if not skipped:
             self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
