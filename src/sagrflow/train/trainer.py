@@ -140,7 +140,9 @@ class Trainer:
         if not skipped:
             self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
-        self.scheduler.step()
+        with warnings.catch_warnings():  # torch warns when a skipped first step leaves the optimizer unstepped
+            warnings.filterwarnings("ignore", message="Detected call of `lr_scheduler.step")
+            self.scheduler.step()
         values.update(self._schedule_metrics(w, n_valid / n_samples, skipped))
         if report_groups is not None:
             self._report_first_step(values, report_groups)
