@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-import torch
 
 from sagrflow.core.normalize import FeatureStats, Normalizer
 from sagrflow.eval.suites import TaskSpec
@@ -20,6 +19,8 @@ def action_normalizer() -> Normalizer:
 
 @pytest.fixture(scope="session")
 def tiny_checkpoint(tmp_path_factory):
+    import torch
+
     from sagrflow.model.config import FrameworkConfig
     from sagrflow.model.policy import SAGRPolicy
     from sagrflow.model.tiny import make_tiny
