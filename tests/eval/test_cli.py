@@ -1,0 +1,70 @@
+"""`sagrflow eval` and `sagrflow serve` from the command line."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+
+from sagrflow.cli import main
+
+
+def test_eval_baseline_writes_json_and_markdown(tmp_path, capsys):
+    out = tmp_path / "run"
+    assert main(["eval", "--policy", "expert", "--suite", "goal", "--episodes", "2", "--videos", "1",
+                 "--image-size", "32", "--out", str(out)]) == 0
+    report = json.loads((out / "report.json").read_text())
+    assert report["overall"]["episodes"] == 8 and report["overall"]["success_rate"] == 1.0
+    assert report["meta"]["suite"] == "sim_goal" and list(report["per_task"]) == [
+        "goal/red_on_plate", "goal/blue_in_bowl", "goal/stack_green_on_red", "goal/lift_blue"]
+    assert (out / report["videos"][0]).stat().st_size > 0
+    assert "| goal/lift_blue | 100.0% | 2 |" in (out / "report.md").read_text()
+    assert "expert on sim_goal: 100.0% (8/8)" in capsys.readouterr().out
+
+
+def test_eval_checkpoint(tiny_checkpoint, tmp_path):
+    out = tmp_path / "run"
+    assert main(["eval", "--checkpoint", str(tiny_checkpoint), "--suite", "object", "--episodes", "1",
+                 "--max-steps", "8", "--num-steps", "2", "--execute-steps", "4", "--videos", "0",
+                 "--image-size", "32", "--out", str(out)]) == 0
+    report = json.loads((out / "report.json").read_text())
+    assert [e["queries"] for e in report["episodes"]] == [2, 2, 2, 2]
+    assert report["meta"]["policy"] == "sagr" and report["videos"] == []
+
+
+def test_eval_user_mistakes_are_one_line_errors(capsys):
+    assert main(["eval", "--suite", "goal"]) == 2
+    assert "--checkpoint" in capsys.readouterr().err
+    assert main(["eval", "--policy", "random", "--suite", "kitchen"]) == 2
+    assert "valid suites" in capsys.readouterr().err
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_serve_command(tiny_checkpoint):
+    from sagrflow.eval.client import PolicyClient
+
+    port = _free_port()
+    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    proc = subprocess.Popen([sys.executable, "-m", "sagrflow.cli", "serve", "--checkpoint", str(tiny_checkpoint),
+                             "--host", "127.0.0.1", "--port", str(port)], env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    try:
+        with PolicyClient("127.0.0.1", port, connect_timeout=60) as client:
+            assert client.metadata["checkpoint"] == str(tiny_checkpoint)
+            assert client.ping()["ok"]
+    finally:
+        proc.terminate()
+        deadline = time.monotonic() + 20
+        while proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.05)
+        if proc.poll() is None:
+            proc.kill()
+        proc.wait(5)
