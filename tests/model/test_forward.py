@@ -231,3 +231,24 @@ def test_fm_only_baseline_skips_the_world_model(policy):
     for k in ("loss_dyn", "loss_geo", "loss_reg"):
         assert torch.equal(out[k], torch.zeros(B)), k
     assert (out["loss_fm"] > 0).all()
+
+
+def test_target_pass_runs_only_valid_pairs_and_reuses_tk_index(policy):
+    batch = make_batch(lang=["stack the cups", "open the drawer", "stack the cups"])
+    image_tk = batch.image_tk.clone()
+    image_tk[0] = batch.image_t[2]  # sample 0's t+k frame is sample 2's t frame (same episode)
+    plain = dataclasses.replace(batch, image_tk=image_tk)
+    linked = dataclasses.replace(plain, tk_index=torch.tensor([2, -1, -1]))
+    rows = []
+    hook = policy.backbone.vlm.register_forward_hook(lambda m, args, kw, o: rows.append(kw["input_ids"].shape[0]),
+                                                     with_kwargs=True)
+    try:
+        a = seeded_forward(policy, plain)
+        b = seeded_forward(policy, linked)
+    finally:
+        hook.remove()
+    assert rows == [B, 2, B, 1]  # the invalid sample 1 never enters the target pass; sample 0 reuses sample 2
+    assert a["target_pass_ratio"].item() == pytest.approx(2 / 3) and a["target_reuse_ratio"].item() == 0.0
+    assert b["target_pass_ratio"].item() == pytest.approx(1 / 3) and b["target_reuse_ratio"].item() == pytest.approx(1 / 3)
+    for k in TERMS:
+        torch.testing.assert_close(a[k], b[k], atol=1e-5, rtol=1e-4)

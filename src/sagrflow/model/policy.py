@@ -117,10 +117,11 @@ class SAGRPolicy(nn.Module):
         r = am.repeated_diffusion_steps
         valid_tk_repeated = valid.repeat_interleave(r, 0)  # (N,)
         task_tokens_repeated = task_tokens_next_repeated = None
-        next_available = False
+        passed = reused = valid.new_tensor(0.0)
         if not fm_only:  # steps 3-5
-            task_tokens_repeated, task_tokens_next_repeated, next_available = self._world_targets(
-                enc.task_tokens, image_tk, lang, getattr(batch, "depth_tk", None), valid, r)
+            task_tokens_repeated, task_tokens_next_repeated, passed, reused = self._world_targets(
+                enc.task_tokens, image_tk, lang, getattr(batch, "depth_tk", None), valid,
+                getattr(batch, "tk_index", None), r)
         # 6. the action head
         head_out = self.head(
             enc.vl_embs_list,
@@ -141,7 +142,9 @@ class SAGRPolicy(nn.Module):
             out.update({
                 "valid_tk_ratio": (valid > 0).float().mean(),
                 "has_image_tk": flag(float(has_image_tk)),
-                "task_tokens_next_available": flag(float(next_available)),
+                "task_tokens_next_available": (passed + reused > 0).float(),
+                "target_pass_ratio": passed,  # samples through the no-grad image_tk pass
+                "target_reuse_ratio": reused,  # samples whose t+k tokens came from another sample's t
                 "absmax/task_tokens": flag(0.0) if fm_only else enc.task_tokens.detach().abs().max(),
                 "absmax/pred_velocity": head_out["pred_velocity"].detach().abs().max(),
                 "absmax/drift": head_out["drift"].detach().abs().max(),
@@ -149,14 +152,24 @@ class SAGRPolicy(nn.Module):
         return out
 
     def _world_targets(self, task_tokens: torch.Tensor, image_tk: torch.Tensor, lang: list[str],
-                       geometry_tk: torch.Tensor | None, valid: torch.Tensor, r: int):
-        """Steps 3-5: task tokens (B, K, W) -> repeated current and next tokens (N, K, W), target pass ran."""
-        # 3. VLM on image_tk, no graph; skipped when no sample could use it (all would be replaced in 5)
-        next_available = bool((valid > 0).any())  # a device sync, worth a skipped VLM pass
-        task_tokens_next = task_tokens.detach()
-        if next_available:
+                       geometry_tk: torch.Tensor | None, valid: torch.Tensor, tk_index: torch.Tensor | None,
+                       r: int):
+        """Steps 3-5: task tokens (B, K, W) -> repeated current and next tokens (N, K, W), and the
+        fractions of samples whose next tokens came from the target pass / from a reused sample."""
+        # 3. VLM on image_tk, no graph, only for the valid pairs: an invalid pair's target is replaced in 5.
+        # A pair whose t+k frame is another sample's t frame (collate's tk_index) reuses those tokens.
+        need = valid > 0  # (B,)
+        reuse = need & (tk_index >= 0) if tk_index is not None else torch.zeros_like(need)
+        run = need & ~reuse
+        current = task_tokens.detach()
+        task_tokens_next = current.clone()
+        if bool(reuse.any()):  # a device sync, worth a skipped VLM pass
+            task_tokens_next[reuse] = current[tk_index[reuse]]
+        if bool(run.any()):
+            rows = run.nonzero().flatten().tolist()
             with torch.no_grad():
-                task_tokens_next = self.encode(image_tk, lang, geometry_tk).task_tokens
+                geo = None if geometry_tk is None else geometry_tk[rows]
+                task_tokens_next[rows] = self.encode(image_tk[rows], [lang[i] for i in rows], geo).task_tokens
         # 4. repeat R times -> (N, ...)
         task_tokens_repeated = task_tokens.repeat_interleave(r, 0)  # (N, K, W)
         task_tokens_next_repeated = task_tokens_next.repeat_interleave(r, 0)  # (N, K, W)
@@ -165,7 +178,7 @@ class SAGRPolicy(nn.Module):
         task_tokens_next_repeated = torch.where(
             valid_tk_repeated.view(-1, 1, 1) > 0, task_tokens_next_repeated, task_tokens_repeated.detach()
         )
-        return task_tokens_repeated, task_tokens_next_repeated, next_available
+        return task_tokens_repeated, task_tokens_next_repeated, run.float().mean(), reuse.float().mean()
 
     def _check_state(self, state: torch.Tensor | None) -> None:
         s = self.config.action_model.state_dim
