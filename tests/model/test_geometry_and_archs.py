@@ -90,3 +90,16 @@ def test_policy_on_other_archs(tiny_dirs, arch, tmp_path):
     again = SAGRPolicy.load(tmp_path / arch).eval()
     pred2 = again.predict_action([observation(0)], generator=torch.Generator().manual_seed(0))
     np.testing.assert_array_equal(pred["actions"], pred2["actions"])
+
+
+@pytest.mark.parametrize("arch", ["qwen2_5_vl", "qwen3_vl", "llava"])
+def test_every_trainable_parameter_gets_a_gradient(tiny_dirs, arch):
+    """DDP without find_unused_parameters needs it; LLaVA's vision layers above the feature layer are frozen."""
+    from sagrflow.model.losses import reduce_losses
+
+    policy = build_policy(tiny_dirs[arch])
+    total, _ = reduce_losses(seeded_forward(policy, make_batch()), policy.config.action_model.loss_weights)
+    total.backward()
+    assert [n for n, p in policy.named_parameters() if p.requires_grad and p.grad is None] == []
+    frozen = [n for n, p in policy.named_parameters() if not p.requires_grad]
+    assert all(".vision_tower." in n for n in frozen) and (arch == "llava") == bool(frozen)

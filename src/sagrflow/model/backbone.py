@@ -96,6 +96,8 @@ class VLMBackbone(nn.Module):
         self.num_layers = int(cfg.text_config.num_hidden_layers)
         self.image_token_id = int(cfg.image_token_id)
         self.image_token = tokenizer.convert_ids_to_tokens(self.image_token_id)
+        if self.arch == "llava":
+            _freeze_unused_vision_layers(model)
         # right padding: real tokens never see a pad (causal attention), so padding is inert
         self.tokenizer.padding_side = "right"
         if self.tokenizer.pad_token is None:
@@ -186,3 +188,19 @@ def _load_preprocessors(src: Path):
     # PIL backend always: training and inference pixels must not depend on torchvision being installed
     image_processor = AutoImageProcessor.from_pretrained(src, local_files_only=True, backend="pil")
     return tokenizer, image_processor
+
+
+def _freeze_unused_vision_layers(model: nn.Module) -> None:
+    """LLaVA reads an inner vision layer (vision_feature_layer, e.g. -2): the layers above it and the
+    final norm get no gradient, which DDP treats as an error. They are frozen (still saved and loaded)."""
+    cfg = model.config
+    n = cfg.vision_config.num_hidden_layers
+    feature_layers = cfg.vision_feature_layer
+    feature_layers = feature_layers if isinstance(feature_layers, list | tuple) else [feature_layers]
+    used = max(i % (n + 1) for i in feature_layers)  # hidden_states[i] is the output of layer i - 1
+    tower = getattr(model.vision_tower, "vision_model", model.vision_tower)  # CLIP / SigLIP layouts
+    for layer in tower.encoder.layers[used:]:
+        layer.requires_grad_(False)
+    for name in ("post_layernorm", "head"):  # final norm, SigLIP's pooling head: read by nothing
+        if isinstance(getattr(tower, name, None), nn.Module):
+            getattr(tower, name).requires_grad_(False)
