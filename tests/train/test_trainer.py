@@ -70,6 +70,8 @@ def test_resume_continues_exactly(make_config):
     torn = part.run_dir / "checkpoints" / "step_0000005"
     torn.mkdir()
     (torn / "trainer_state.json").write_text("{")
+    with (part.run_dir / "metrics.jsonl").open("a") as f:  # logged by the crashed run after its checkpoint
+        f.write('{"step": 3, "loss/total": 123.0}\n')
     resumed = Trainer(part)
     assert resumed.state.step == 3 and resumed.loader.position.batch == 3
     torn.rename(torn.with_name(".torn"))  # out of the way of the resumed run's own step-5 save
@@ -194,3 +196,22 @@ def _first_step_grads(trainer) -> dict[str, torch.Tensor]:
 
     trainer.optimizer.optimizer.register_step_pre_hook(snapshot)
     return grads
+
+
+def test_sigterm_saves_and_stops_after_the_next_step(make_config):
+    import os
+    import signal
+
+    cfg = make_config(**{"trainer.max_train_steps": 5})
+    trainer = Trainer(cfg)
+    sent = []
+
+    def preempt(optimizer, args, kwargs):
+        if not sent:
+            sent.append(True)
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    trainer.optimizer.optimizer.register_step_post_hook(preempt)
+    state = trainer.fit()
+    assert state.step == 2 and latest_checkpoint(cfg.run_dir).name == "step_0000002"
+    assert signal.getsignal(signal.SIGTERM) is not trainer._request_stop

@@ -107,6 +107,19 @@ class MetricsLogger:
         self.sinks = []
 
 
+def truncate_metrics(path: str | Path, step: int) -> int:
+    """Drop the records of steps >= `step` (logged after the checkpoint a run resumes from); returns how many."""
+    path = Path(path)
+    if not path.is_file():
+        return 0
+    lines = path.read_text().splitlines()
+    keep = [line for line in lines if line.strip() and json.loads(line)["step"] < step]
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text("".join(line + "\n" for line in keep))
+    tmp.replace(path)
+    return len(lines) - len(keep)
+
+
 def read_metrics(path: str | Path) -> list[dict]:
     """The records of a metrics.jsonl, non-finite values back as floats."""
     rows = []

@@ -68,6 +68,7 @@ class Trainer:
         self._last_saved = -1
         self._consecutive_skips = 0
         self._reported = False
+        self._stop_requested = False  # set by SIGTERM (preemption); every rank stops after the same step
         if resume_from is not None:
             self._resume(resume_from)
         else:
@@ -115,7 +116,9 @@ class Trainer:
                              self.loader)  # RNG last: nothing after it may draw
         self._last_saved = old.step
         if acc.is_main_process:
-            print(f"resumed from {path} at step {old.step}")
+            dropped = m.truncate_metrics(self.run_dir / "metrics.jsonl", old.step)
+            print(f"resumed from {path} at step {old.step}" + (f" ({dropped} later metric records dropped)"
+                                                                if dropped else ""))
 
     # --- the step ------------------------------------------------------------------------
     def train_step(self, micro_batches: list[Batch]) -> dict[str, float]:
@@ -129,7 +132,8 @@ class Trainer:
                 with self._anomaly_finder(batch):
                     out = self.model(batch, fm_only=t.fm_only)
                 total, terms = loss_share(out, w.as_dict(), n_samples, n_valid, scale=acc.num_processes)
-                acc.backward(total * self.gas)  # accelerate divides by gas; the shares already sum to the step loss
+                with self._backward_anomaly():
+                    acc.backward(total * self.gas)  # accelerate divides by gas; the shares already sum to the step loss
             self._accumulate(stats, total, terms, out, len(micro_batches))
         report_groups = group_grad_norms(self.optimizer) if not self._reported else None
         grad_norm = acc.clip_grad_norm_(self.model.parameters(), t.max_grad_norm or float("inf"))
@@ -168,6 +172,8 @@ class Trainer:
     def _reduce(self, stats: dict, grad_norm) -> dict[str, float]:
         acc = self.accelerator
         names = [k for k in stats if not k.startswith("debug/absmax/")]
+        names.append(_STOP)
+        stats[_STOP] = torch.tensor(float(self._stop_requested))
         vec = torch.stack([torch.as_tensor(stats[k], device=acc.device).float() for k in names])
         peaks = torch.stack([stats[f"debug/absmax/{k}"] for k in _ABSMAX]).to(acc.device)
         if acc.num_processes > 1:
@@ -201,6 +207,10 @@ class Trainer:
         finder.check_batch(batch)
         return finder
 
+    def _backward_anomaly(self):
+        # debug only: names the first backward function that returns NaN (slow, so off by default)
+        return torch.autograd.detect_anomaly(check_nan=True) if self.cfg.trainer.detect_anomaly else nullcontext()
+
     def _report_first_step(self, values: dict, groups: dict) -> None:
         self._reported = True
         if not self.accelerator.is_main_process:
@@ -221,18 +231,28 @@ class Trainer:
         # made in this process (another Trainer) would otherwise change how this one scales and syncs
         acc.gradient_accumulation_steps = self.gas
         batches = iter(self.loader)
+        previous = _on_sigterm(self._request_stop)
         bar = tqdm(total=t.max_train_steps, initial=self.state.step, disable=not acc.is_main_process,
                    dynamic_ncols=True, desc="train")
         try:
             while self.state.step < end:
                 values = self._timed_step(batches, global_batch)
+                stop = values.pop(_STOP) > 0
                 self._after_step(values, bar)
+                if stop:
+                    if acc.is_main_process:
+                        bar.write(f"stop requested (SIGTERM): saving at step {self.state.step} and exiting")
+                    break
             if self._last_saved != self.state.step:
                 self.save()
         finally:
+            _on_sigterm(previous)
             bar.close()
             self.logger.close()
         return self.state
+
+    def _request_stop(self, signum, frame) -> None:
+        self._stop_requested = True
 
     def _timed_step(self, batches: Iterator[Batch], global_batch: int) -> dict[str, float]:
         start = time.perf_counter()
@@ -280,6 +300,19 @@ class Trainer:
             save_total_limit=self.cfg.trainer.save_total_limit)
         self._last_saved = self.state.step
         return path
+
+
+_STOP = "control/stop_requested"
+
+
+def _on_sigterm(handler):
+    """Install `handler` for SIGTERM where signals can be handled (the main thread); returns the old one."""
+    import signal
+    import threading
+
+    if handler is None or threading.current_thread() is not threading.main_thread():
+        return None
+    return signal.signal(signal.SIGTERM, handler)
 
 
 def _finite(x: float) -> bool:

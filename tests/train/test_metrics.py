@@ -1,0 +1,43 @@
+from __future__ import annotations
+
+import builtins
+import math
+
+import pytest
+
+from sagrflow.train import metrics as m
+
+
+def test_names_of_design_section_4_are_all_declared():
+    for name in ("debug/temporal/has_image_tk", "debug/temporal/valid_tk_ratio",
+                 "debug/temporal/task_tokens_next_available", "debug/sagr_schedule/phase",
+                 "debug/sagr_schedule/alpha", "debug/sagr_schedule/loss_w_fm", "debug/sagr_schedule/loss_w_dyn",
+                 "debug/sagr_schedule/loss_w_geo", "debug/sagr_schedule/loss_w_reg", "debug/loss/weight_dyn",
+                 "debug/loss/weight_geo", "debug/loss/weight_reg", "debug/loss/valid_tk_ratio"):
+        assert name in m.ALL
+    assert len(set(m.ALL)) == len(m.ALL)
+
+
+def test_jsonl_keeps_nan_and_tensorboard_falls_back_with_one_warning(tmp_path, monkeypatch):
+    plain_import = builtins.__import__
+
+    def no_tensorboard(name, *args, **kwargs):
+        if name == "torch.utils.tensorboard":
+            raise ImportError("No module named 'tensorboard'")
+        return plain_import(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", no_tensorboard)
+    with pytest.warns(UserWarning, match="TensorBoard unavailable"):
+        logger = m.MetricsLogger(tmp_path, "tensorboard")
+    logger.log(0, {"loss/total": float("nan"), "optim/lr": 1e-4})
+    logger.log(1, {"loss/total": 0.5, "optim/lr": 1e-4})
+    logger.close()
+    rows = m.read_metrics(tmp_path / "metrics.jsonl")
+    assert [r["step"] for r in rows] == [0, 1] and math.isnan(rows[0]["loss/total"]) and rows[1]["loss/total"] == 0.5
+
+
+def test_other_ranks_write_nothing(tmp_path):
+    logger = m.MetricsLogger(tmp_path, "tensorboard", enabled=False)
+    logger.log(0, {"loss/total": 1.0})
+    logger.close()
+    assert not (tmp_path / "metrics.jsonl").exists()
