@@ -231,6 +231,11 @@ def test_fm_only_baseline_skips_the_world_model(policy):
     for k in ("loss_dyn", "loss_geo", "loss_reg"):
         assert torch.equal(out[k], torch.zeros(B)), k
     assert (out["loss_fm"] > 0).all()
+    policy.zero_grad(set_to_none=True)
+    reduce_losses(out, policy.config.action_model.loss_weights)[0].backward()
+    no_grad = {n for n, p in policy.named_parameters() if p.requires_grad and p.grad is None}
+    world = {n for n, _ in policy.named_parameters() if n.startswith(policy.WORLD_MODULES)}
+    assert no_grad == world and world
 
 
 def test_target_pass_runs_only_valid_pairs_and_reuses_tk_index(policy):

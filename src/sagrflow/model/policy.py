@@ -46,6 +46,10 @@ class _Memory:
 
 
 class SAGRPolicy(nn.Module):
+    # parameter prefixes that `forward(batch, fm_only=True)` leaves without gradient: a trainer
+    # running the fm-only baseline under DDP freezes them (or enables find_unused_parameters)
+    WORLD_MODULES = ("anchor", "geometry", "head.world", "head.drift", "head.geo_logits")
+
     def __init__(self, config: FrameworkConfig, backbone: VLMBackbone,
                  action_normalizer: Normalizer | None = None, state_normalizer: Normalizer | None = None):
         super().__init__()
