@@ -125,14 +125,16 @@ class ActionHead(nn.Module):
 
         The VLM inputs arrive once per sample (B); their keys/values are projected once
         and shared by the sample's R repeats, which equals repeating `vl_embs_list` R times
-        without the R copies. `world=False`
-        is the plain flow-matching baseline: no world predictor, no drift, world terms 0
-        (`task_tokens*` may then be None).
+        without the R copies. The world terms are returned for every sample: masking them
+        by `valid_tk` is the reduction's job (`losses.reduce_losses`, the trainer's share),
+        so `valid_tk` is only checked here. `world=False` is the plain flow-matching
+        baseline: no world predictor, no drift, world terms 0 (`task_tokens*` may be None).
         """
         n = actions.shape[0]
         context = self.prepare_context(vl_embs_list, encoder_attention_mask)  # shared by the R repeats
-        if context[0].k.shape[0] * repeats != n:
-            raise ValueError(f"{context[0].k.shape[0]} VLM rows x {repeats} repeats for {n} action rows")
+        if context[0].k.shape[0] * repeats != n or valid_tk.shape != (n,):
+            raise ValueError(f"{context[0].k.shape[0]} VLM rows x {repeats} repeats and valid_tk "
+                             f"{tuple(valid_tk.shape)} for {n} action rows")
         noise = torch.randn_like(actions)
         # t stays float32: in bf16, 1 - eps would round to the endpoint 1.0
         t = sample_time(n, self.cfg.time_eps, actions.device)  # (N,)
