@@ -47,5 +47,6 @@ def test_scheduler_scales_each_group():
     sched = build_scheduler(opt, cfg)
     lrs = {g["name"]: g["lr"] for g in opt.param_groups}
     assert lrs == {"backbone": pytest.approx(0.5e-5), "base": pytest.approx(0.5e-3)}
+    opt.step()
     sched.step()
     assert {g["name"]: g["lr"] for g in opt.param_groups} == {"backbone": pytest.approx(1e-5), "base": pytest.approx(1e-3)}

@@ -37,6 +37,8 @@ def _train(args: argparse.Namespace) -> int:
         return 0
     from sagrflow.train.trainer import Trainer
 
-    state = Trainer(cfg).fit()
-    print(f"done: {state.step} steps ({state.skipped_steps} skipped), run directory {cfg.run_dir}")
+    trainer = Trainer(cfg)
+    state = trainer.fit()
+    if trainer.accelerator.is_main_process:
+        print(f"done: {state.step} steps ({state.skipped_steps} skipped), run directory {cfg.run_dir}")
     return 0

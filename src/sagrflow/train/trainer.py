@@ -20,12 +20,12 @@ from contextlib import nullcontext
 import torch
 
 from sagrflow.core.batch import Batch
-from sagrflow.core.config import ConfigError
+from sagrflow.core.config import ConfigError, to_dict
 from sagrflow.data.loader import TemporalLoader, build_dataset
 from sagrflow.model.policy import SAGRPolicy
 from sagrflow.train import checkpoint as ckpt
 from sagrflow.train import metrics as m
-from sagrflow.train.config import RunConfig, config_to_yaml, save_config
+from sagrflow.train.config import RunConfig, config_to_yaml, read_yaml, save_config
 from sagrflow.train.loss import loss_share
 from sagrflow.train.optim import build_optimizer, build_scheduler, freeze
 from sagrflow.train.schedule import sagr_weights
@@ -40,13 +40,16 @@ _ABSMAX = ("task_tokens", "pred_velocity", "drift")
 class Trainer:
     def __init__(self, cfg: RunConfig, accelerator=None):
         from accelerate import Accelerator
-        from accelerate.utils import set_seed
+        from accelerate.utils import DistributedDataParallelKwargs, set_seed
 
         t = cfg.trainer
         self.cfg = cfg
         precision = t.mixed_precision if torch.cuda.is_available() else "no"  # no CPU autocast
+        # fm-only leaves the anchor, world predictor and drift head out of the graph: DDP must know
+        ddp = DistributedDataParallelKwargs(find_unused_parameters=t.fm_only)
         self.accelerator = acc = accelerator or Accelerator(
-            gradient_accumulation_steps=t.gradient_accumulation_steps, mixed_precision=precision)
+            gradient_accumulation_steps=t.gradient_accumulation_steps, mixed_precision=precision,
+            kwargs_handlers=[ddp])
         self.run_dir = cfg.run_dir
         self.gas = t.gradient_accumulation_steps
         set_seed(t.seed)  # the same initial weights on every rank
@@ -116,6 +119,9 @@ class Trainer:
                              self.loader)  # RNG last: nothing after it may draw
         self._last_saved = old.step
         if acc.is_main_process:
+            changed = _changed_keys(read_yaml(path / "config.yaml"), to_dict(self.cfg))
+            if changed:
+                warnings.warn(f"resuming {path.name} with changed settings: {', '.join(changed)}", stacklevel=2)
             dropped = m.truncate_metrics(self.run_dir / "metrics.jsonl", old.step)
             print(f"resumed from {path} at step {old.step}" + (f" ({dropped} later metric records dropped)"
                                                                 if dropped else ""))
@@ -303,6 +309,14 @@ class Trainer:
 
 
 _STOP = "control/stop_requested"
+
+
+def _changed_keys(old, new, prefix: str = "") -> list[str]:
+    """Dotted keys whose values differ between two plain config dicts, as 'key: old -> new'."""
+    if isinstance(old, dict) and isinstance(new, dict):
+        return [c for k in sorted(set(old) | set(new), key=str)
+                for c in _changed_keys(old.get(k), new.get(k), f"{prefix}.{k}" if prefix else str(k))]
+    return [] if old == new else [f"{prefix}: {old!r} -> {new!r}"]
 
 
 def _on_sigterm(handler):
