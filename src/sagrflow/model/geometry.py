@@ -95,6 +95,7 @@ class MapAnythingEncoder(nn.Module):
         return pts.permute(0, 1, 4, 2, 3)  # (B, C, 3, h, w)
 
     def forward(self, images: torch.Tensor, geometry: torch.Tensor | None) -> torch.Tensor:
+        images = images.to(self.maps.patch.weight.device)  # uint8 images may arrive on the CPU
         return self.maps(images, self._points(images))
 
 

@@ -38,7 +38,7 @@ def prepare_observations(policy, observations: list[dict], device: torch.device)
     if not observations:
         raise ValueError("predict_action needs at least one observation")
     size = tuple(policy.config.backbone.image_size)
-    images = torch.stack([observation_images(o, size) for o in observations]).to(device)
+    images = torch.stack([observation_images(o, size) for o in observations])  # the processor wants CPU
     lang = [str(o.get("lang", "")) for o in observations]
     state = None
     s_dim = policy.config.action_model.state_dim
@@ -69,7 +69,10 @@ def sample_chunk(head, enc, state: torch.Tensor | None, residual: torch.Tensor, 
     b = enc.task_tokens.shape[0]
     dtype, device = enc.task_tokens.dtype, enc.task_tokens.device
     context = head.prepare_context(enc.vl_embs_list, enc.mask)  # cached for all steps
-    x = torch.randn(b, cfg.action_horizon, cfg.action_dim, generator=generator, device=device, dtype=dtype)
+    # noise is drawn where the generator lives (a CPU generator gives the same chunk on any device)
+    noise_device = generator.device if generator is not None else device
+    x = torch.randn(b, cfg.action_horizon, cfg.action_dim, generator=generator, device=noise_device, dtype=dtype)
+    x = x.to(device)
     dt = 1.0 / num_steps
     for i in range(num_steps):
         t = torch.full((b,), i * dt, device=device, dtype=dtype)
