@@ -215,3 +215,14 @@ def test_sigterm_saves_and_stops_after_the_next_step(make_config):
     state = trainer.fit()
     assert state.step == 2 and latest_checkpoint(cfg.run_dir).name == "step_0000002"
     assert signal.getsignal(signal.SIGTERM) is not trainer._request_stop
+
+
+def test_resume_refuses_a_changed_model_or_parameter_groups(make_config):
+    from sagrflow.core.config import ConfigError
+
+    cfg = make_config(**{"trainer.max_train_steps": 1})
+    Trainer(cfg).fit()
+    with pytest.raises(ConfigError, match="framework section differs from the checkpoint"):
+        Trainer(make_config(**{"trainer.max_train_steps": 2, "framework.action_model.drift_eta": 0.5}))
+    with pytest.raises(ConfigError, match="trainer.freeze_modules or trainer.learning_rate paths changed"):
+        Trainer(make_config(**{"trainer.max_train_steps": 2, "trainer.freeze_modules": ["backbone"]}))

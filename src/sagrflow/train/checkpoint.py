@@ -163,7 +163,13 @@ def load_train_state(path: Path) -> TrainState:
 def load_optimizer_state(accelerator, path: Path, optimizer, scheduler) -> None:
     """Before `prepare` for plain optimizers; the sharded (DeepSpeed/FSDP) state loads after it."""
     if (path / "optimizer.pt").is_file():
-        optimizer.load_state_dict(torch.load(path / "optimizer.pt", map_location="cpu", weights_only=False))
+        state = torch.load(path / "optimizer.pt", map_location="cpu", weights_only=False)
+        try:
+            optimizer.load_state_dict(state)
+        except ValueError as exc:
+            raise ConfigError(f"{path / 'optimizer.pt'} does not fit this run's parameter groups ({exc}): "
+                              "trainer.freeze_modules or trainer.learning_rate paths changed since it was saved"
+                              ) from exc
     scheduler.load_state_dict(torch.load(path / "scheduler.pt", map_location="cpu", weights_only=False))
 
 

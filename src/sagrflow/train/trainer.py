@@ -65,6 +65,8 @@ class Trainer:
                                      gradient_accumulation_steps=self.gas)
         if resume_from is not None:
             ckpt.load_optimizer_state(acc, resume_from, optimizer, self.scheduler)
+        if acc.state.deepspeed_plugin is not None:  # DeepSpeed reads it from a prepared dataloader, which we keep
+            acc.state.deepspeed_plugin.deepspeed_config["train_micro_batch_size_per_gpu"] = cfg.data.per_device_batch_size
         self.model, self.optimizer = acc.prepare(self.policy, optimizer)
         self.base_weights = cfg.framework.action_model.loss_weights
         self.timer = VlmPassTimer(self.policy.backbone)
