@@ -18,6 +18,7 @@ COMMAND_MODULES = (
     "sagrflow.tools.cli",
     "sagrflow.train.cli",
     "sagrflow.eval.cli",
+    "sagrflow.demo.cli",
 )
 
 

@@ -1,0 +1,58 @@
+"""`sagrflow demo --quick`: every stage end to end (data, SA-GR training, eval, report), and the ablation."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from sagrflow.cli import main
+from sagrflow.demo.plots import plot_losses
+from sagrflow.demo.run import DemoConfig
+
+
+def test_quick_demo_and_fm_only_ablation_end_to_end(tmp_path, capsys):
+    cache = tmp_path / "cache"
+    sagr, fm = tmp_path / "runs" / "1_sagr", tmp_path / "runs" / "2_fm_only"
+    assert main(["demo", "--quick", "--suite", "goal", "--out", str(sagr), "--data-dir", str(cache)]) == 0
+    summary = json.loads((sagr / "summary.json").read_text())
+    assert set(summary["results"]) == {"sagr", "random", "zero"}
+    assert summary["results"]["sagr"]["episodes"] == 4  # one per goal task
+    assert summary["compare"] == {"fm_only": None}
+    assert (sagr / "loss_curves.png").stat().st_size > 0 and (sagr / summary["videos"][0]).stat().st_size > 0
+    assert (sagr / "eval" / "report.json").is_file()
+    metrics = [json.loads(line) for line in (sagr / "train" / "metrics.jsonl").read_text().splitlines()]
+    assert metrics[-1]["step"] == 2 and "loss/dyn" in metrics[0]
+    report = (sagr / "report.md").read_text()
+    assert "| **sagr** (this run) |" in report and "sagrflow demo --ablate fm_only" in report
+
+    data_before = sorted(p.name for p in cache.rglob("*"))
+    assert main(["demo", "--quick", "--ablate", "fm_only", "--suite", "goal", "--out", str(fm),
+                 "--data-dir", str(cache)]) == 0
+    assert sorted(p.name for p in cache.rglob("*")) == data_before  # the demonstrations were cached
+    ablation = json.loads((fm / "summary.json").read_text())
+    assert ablation["variant"] == "fm_only"
+    fm_metrics = [json.loads(line) for line in (fm / "train" / "metrics.jsonl").read_text().splitlines()]
+    assert all(m["loss/dyn"] == 0.0 and m["debug/temporal/task_tokens_next_available"] == 0.0 for m in fm_metrics)
+    assert ablation["compare"]["sagr"]["episodes"] == 4  # picked up the SA-GR run next to it
+    assert "fm_only" in (fm / "report.md").read_text()
+    assert "report:" in capsys.readouterr().out
+
+
+def test_demo_refuses_a_used_directory_and_bad_settings(tmp_path, capsys):
+    (tmp_path / "used").mkdir()
+    (tmp_path / "used" / "x").write_text("")
+    assert main(["demo", "--quick", "--out", str(tmp_path / "used"), "--data-dir", str(tmp_path / "c")]) == 2
+    assert "not empty" in capsys.readouterr().err
+    with pytest.raises(ValueError, match="ablation"):
+        DemoConfig(ablate="no_world")
+    with pytest.raises(ValueError, match="train_steps"):
+        DemoConfig(train_steps=0)
+
+
+def test_loss_plot_marks_phases(tmp_path):
+    metrics = [{"step": s, "loss/total": 2.0 / (s + 1), "loss/fm": 1.0 / (s + 1), "loss/dyn": 0.0} for s in range(0, 50, 5)]
+    png = plot_losses(metrics, tmp_path / "loss.png", phase_a=10, ramp=10, title="t")
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    with pytest.raises(ValueError, match="loss"):
+        plot_losses([{"step": 0, "optim/lr": 1.0}], tmp_path / "none.png", 0, 0)
