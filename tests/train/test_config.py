@@ -43,6 +43,14 @@ def test_bad_keys_and_values_are_named(override, message):
     assert message in str(err.value)
 
 
+def test_zero2_accelerate_config_parses():
+    from accelerate.commands.config.config_args import load_config_from_file
+
+    zero2 = load_config_from_file(str(CONFIGS / "accelerate" / "zero2.yaml"))
+    assert str(zero2.distributed_type).endswith("DEEPSPEED") and zero2.deepspeed_config["zero_stage"] == 2
+    assert "gradient_accumulation_steps" not in zero2.deepspeed_config  # the trainer's value rules
+
+
 def test_yaml_file_typos_are_rejected(tmp_path):
     path = tmp_path / "c.yaml"
     path.write_text("trainer:\n  gradient_acumulation_steps: 2\n")

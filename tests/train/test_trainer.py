@@ -226,3 +226,11 @@ def test_resume_refuses_a_changed_model_or_parameter_groups(make_config):
         Trainer(make_config(**{"trainer.max_train_steps": 2, "framework.action_model.drift_eta": 0.5}))
     with pytest.raises(ConfigError, match="trainer.freeze_modules or trainer.learning_rate paths changed"):
         Trainer(make_config(**{"trainer.max_train_steps": 2, "trainer.freeze_modules": ["backbone"]}))
+
+
+def test_an_accelerate_config_cannot_silently_change_accumulation(make_config, monkeypatch):
+    from sagrflow.core.config import ConfigError
+
+    monkeypatch.setenv("ACCELERATE_GRADIENT_ACCUMULATION_STEPS", "3")
+    with pytest.raises(ConfigError, match="gradient_accumulation_steps=3 but trainer.gradient_accumulation_steps=1"):
+        Trainer(make_config())

@@ -52,6 +52,10 @@ class Trainer:
             kwargs_handlers=[ddp])
         self.run_dir = cfg.run_dir
         self.gas = t.gradient_accumulation_steps
+        if acc.gradient_accumulation_steps != self.gas:  # `accelerate launch` exports its config's value
+            raise ConfigError(f"the accelerate config sets gradient_accumulation_steps={acc.gradient_accumulation_steps} "
+                              f"but trainer.gradient_accumulation_steps={self.gas}: remove it from the accelerate "
+                              "config; the trainer's value is the one used")
         set_seed(t.seed)  # the same initial weights on every rank
         self.dataset = build_dataset(cfg.data)
         self.loader = TemporalLoader(self.dataset, cfg.data, rank=acc.process_index, world_size=acc.num_processes,
