@@ -145,3 +145,19 @@ def test_random_policy_is_seeded_per_episode():
     a.reset(0, Episode("t", "i", 7))
     b.reset(3, Episode("t", "i", 7))
     np.testing.assert_array_equal(a.act([{}], [0])[0].actions, b.act([{}], [3])[0].actions)
+
+
+def test_resolve_checkpoint_accepts_trainer_layouts(tmp_path):
+    from sagrflow.eval.policies import resolve_checkpoint
+
+    for step, complete in ((1, True), (2, True), (3, False)):  # step 3 is being written
+        policy = tmp_path / "run" / "checkpoints" / f"step_{step:07d}" / "policy"
+        policy.mkdir(parents=True)
+        (policy / "model.safetensors").write_bytes(b"")
+        if complete:
+            (policy.parent / "COMPLETE").write_text("")
+    latest = tmp_path / "run" / "checkpoints" / "step_0000002" / "policy"
+    assert resolve_checkpoint(tmp_path / "run") == latest
+    assert resolve_checkpoint(latest.parent) == latest and resolve_checkpoint(latest) == latest
+    with pytest.raises(ValueError, match="holds no policy"):
+        resolve_checkpoint(tmp_path)

@@ -9,7 +9,7 @@ POLICIES = ("sagr", "expert", "random", "zero")
 
 def register(sub: argparse._SubParsersAction) -> None:
     ev = sub.add_parser("eval", help="closed-loop evaluation on the sim or LIBERO: success rates, CIs, videos")
-    ev.add_argument("--checkpoint", help="policy directory (from policy.save / the trainer)")
+    ev.add_argument("--checkpoint", help="policy directory, trainer checkpoint (step_*) or trainer run directory")
     ev.add_argument("--policy", choices=POLICIES, default=None,
                     help="sagr (the checkpoint, default) | expert | random | zero (baselines, no checkpoint)")
     ev.add_argument("--server", help="HOST:PORT of a running `sagrflow serve` to evaluate instead")
@@ -34,7 +34,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     ev.set_defaults(func=_eval)
 
     sv = sub.add_parser("serve", help="serve a checkpoint over websocket + msgpack (openpi / starVLA clients)")
-    sv.add_argument("--checkpoint", required=True, help="policy directory")
+    sv.add_argument("--checkpoint", required=True,
+                    help="policy directory, trainer checkpoint (step_*) or trainer run directory")
     sv.add_argument("--host", default="0.0.0.0")
     sv.add_argument("--port", type=int, default=10093)
     sv.add_argument("--device", default="cpu")
@@ -94,7 +95,9 @@ def _serve(args: argparse.Namespace) -> int:
     from sagrflow.model.policy import SAGRPolicy
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
-    policy = SAGRPolicy.load(args.checkpoint, device=args.device).eval()
+    from sagrflow.eval.policies import resolve_checkpoint
+
+    policy = SAGRPolicy.load(resolve_checkpoint(args.checkpoint), device=args.device).eval()
     server = PolicyServer(policy, policy_metadata(policy, args.checkpoint))
     print(f"serving {args.checkpoint} on ws://{args.host}:{args.port} (Ctrl-C to stop)", flush=True)
     try:

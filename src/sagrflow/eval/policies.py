@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Protocol
 
 import numpy as np
@@ -157,10 +158,24 @@ class SAGRAdapter:
                 for i in range(len(batch))]
 
 
-def load_sagr(checkpoint: str, device: str = "cpu", num_steps: int | None = None, seed: int = 0) -> SAGRAdapter:
+def resolve_checkpoint(path: str | Path) -> Path:
+    """A policy directory, a trainer checkpoint (`step_*/policy` inside) or a trainer run directory
+    (its latest complete checkpoint) -> the policy directory."""
+    p = Path(path)
+    if (p / "model.safetensors").is_file():
+        return p
+    if (p / "policy" / "model.safetensors").is_file():
+        return p / "policy"
+    steps = sorted(c for c in (p / "checkpoints").glob("step_*") if (c / "COMPLETE").is_file())
+    if steps and (steps[-1] / "policy" / "model.safetensors").is_file():
+        return steps[-1] / "policy"
+    raise ValueError(f"{p} holds no policy: give a policy directory, a trainer checkpoint or a trainer run directory")
+
+
+def load_sagr(checkpoint: str | Path, device: str = "cpu", num_steps: int | None = None, seed: int = 0) -> SAGRAdapter:
     from sagrflow.model.policy import SAGRPolicy
 
-    policy = SAGRPolicy.load(checkpoint, device=device).eval()
+    policy = SAGRPolicy.load(resolve_checkpoint(checkpoint), device=device).eval()
     return SAGRAdapter(policy, num_steps=num_steps, seed=seed)
 
 
