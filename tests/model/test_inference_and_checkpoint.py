@@ -34,15 +34,17 @@ def test_predict_action_shapes_and_unnormalization(policy, steps):
 
 def test_euler_reuses_cached_cross_attention(policy):
     obs = [observation(0)]
-    calls = []
+    calls, vlm_calls = [], []
     kv = policy.head.dit.blocks[0].cross_attn.kv
-    hook = kv.register_forward_hook(lambda *a: calls.append(1))
+    hooks = [kv.register_forward_hook(lambda *a: calls.append(1)),
+             policy.backbone.vlm.register_forward_hook(lambda *a: vlm_calls.append(1))]
     try:
         policy.reset()
         predict(policy, obs, num_steps=10)
     finally:
-        hook.remove()
-    assert len(calls) == 1  # projected once, attended 10 times
+        for h in hooks:
+            h.remove()
+    assert len(calls) == 1 and len(vlm_calls) == 1  # one VLM pass, keys/values projected once, attended 10 times
 
 
 def test_state_changes_predicted_actions(policy):
