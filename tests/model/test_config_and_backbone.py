@@ -30,6 +30,10 @@ def test_config_defaults_and_validation_messages():
     with pytest.raises(ValueError, match="geometry_encoder is 'none'"):
         FrameworkConfig.from_dict({"action_model": {"use_geometric_branch": True, "geometry_encoder": "none"}})
     assert FrameworkConfig.from_dict(cfg.to_dict()) == cfg
+    with pytest.raises(ValueError, match=r"framework\.action_model\.action_horizon: expected an integer"):
+        FrameworkConfig.from_dict({"action_model": {"action_horizon": "eight"}})
+    layers = FrameworkConfig.from_dict({"backbone": {"layers": [0, -1]}, "action_model": {"dit_depth": 2}})
+    assert layers.backbone.layers == [0, -1]
 
 
 def test_select_layers_first_last_list_and_clear_errors():

@@ -1,14 +1,16 @@
 """Typed configuration of the SA-GR Flow policy (`framework.*`, DESIGN.md section 6).
 
 Each dataclass validates itself in `__post_init__` and says what to change. `from_dict`
-builds the tree from plain (YAML) dicts and rejects unknown keys by their dotted name.
+(the shared `sagrflow.core.config` one) builds the tree from plain (YAML) dicts, rejects
+unknown keys by their dotted name and checks value types.
 """
 
 from __future__ import annotations
 
-import dataclasses
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from typing import Any
+
+from sagrflow.core.config import from_dict, to_dict
 
 FRAMEWORK_NAMES = ("SAGRFlow",)
 WORLD_ACTION_SOURCES = ("teacher", "noisy")
@@ -121,24 +123,8 @@ class FrameworkConfig:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any], prefix: str = "framework") -> FrameworkConfig:
-        return _from_dict(cls, data, prefix)
+        """Typed build: unknown keys and ill-typed values fail with their dotted path."""
+        return from_dict(cls, data, prefix)
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-
-def _from_dict(cls, data: dict[str, Any], prefix: str):
-    if not isinstance(data, dict):
-        raise ValueError(f"{prefix} must be a mapping, got {type(data).__name__}")
-    known = {f.name: f for f in dataclasses.fields(cls)}
-    unknown = sorted(set(data) - set(known))
-    if unknown:
-        raise ValueError(f"unknown key(s) {[f'{prefix}.{k}' for k in unknown]}; known: {sorted(known)}")
-    kwargs = {}
-    for name, value in data.items():
-        sub = _NESTED.get((cls, name))
-        kwargs[name] = _from_dict(sub, value, f"{prefix}.{name}") if sub else value
-    return cls(**kwargs)
-
-
-_NESTED = {(FrameworkConfig, "backbone"): BackboneConfig, (FrameworkConfig, "action_model"): ActionModelConfig}
+        return to_dict(self)
