@@ -96,3 +96,12 @@ def test_tk_index_pairs_are_exact_even_without_chains(cfg):
     for i, j in enumerate(batch.tk_index.tolist()):
         if j >= 0:  # a coincidental pair is still an exact pair
             assert torch.equal(batch.image_tk[i], batch.image_t[j])
+
+
+def test_iterating_does_not_consume_the_global_torch_rng(cfg):
+    loader = TemporalLoader(build_dataset(cfg), cfg)
+    torch.manual_seed(123)
+    expected = torch.rand(3)
+    torch.manual_seed(123)
+    _take(loader, loader.batches_per_epoch + 2)  # starts two epochs
+    assert torch.equal(torch.rand(3), expected)

@@ -15,6 +15,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from functools import partial
 
+import torch
 from torch.utils.data import DataLoader, Sampler
 
 from sagrflow.core.batch import Batch
@@ -94,6 +95,9 @@ class TemporalLoader:
             # FFmpeg, x264/SVT and Arrow keep thread pools; a fork taken while one of their
             # threads holds a lock deadlocks the child. forkserver children start clean.
             multiprocessing_context="forkserver" if workers > 0 else None,
+            # the DataLoader draws a worker base seed at every epoch start; its own generator keeps
+            # that draw off the global torch RNG, which the model's noise sampling must own alone
+            generator=torch.Generator().manual_seed(cfg.seed),
         )
 
     @property
