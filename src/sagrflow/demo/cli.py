@@ -11,6 +11,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                       help="train the plain flow-matching baseline instead (its number joins the SA-GR report)")
     demo.add_argument("--suite", default=None, help="sim family or all (default: all)")
     demo.add_argument("--train-steps", type=int, default=None, help="optimizer steps (default: 600)")
+    demo.add_argument("--demo-episodes", type=int, default=None, help="expert episodes per family (default: 200)")
+    demo.add_argument("--batch-size", type=int, default=None, help="training batch (default: 16)")
     demo.add_argument("--eval-episodes", type=int, default=None, help="evaluation episodes per task (default: 10)")
     demo.add_argument("--out", default=None, help="run directory (default: runs/demo/<time>_<sagr|fm_only>)")
     demo.add_argument("--data-dir", default=None, help="demonstration cache (default: ~/.cache/sagrflow/demo_data)")
@@ -28,7 +30,7 @@ def _demo(args: argparse.Namespace) -> int:
     if args.quick:
         cfg = quick(cfg)
     given = {"suite": args.suite, "train_steps": args.train_steps, "eval_episodes": args.eval_episodes,
-             "data_dir": args.data_dir}
+             "data_dir": args.data_dir, "demo_episodes": args.demo_episodes, "batch_size": args.batch_size}
     cfg = replace(cfg, **{k: v for k, v in given.items() if v is not None})
     out = args.out or f"runs/demo/{time.strftime('%Y%m%d-%H%M%S')}_{cfg.variant}"
     summary = run_demo(cfg, out)

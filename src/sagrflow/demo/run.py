@@ -25,7 +25,7 @@ ABLATIONS = ("fm_only",)
 @dataclass(frozen=True)
 class DemoConfig:
     suite: str = "all"  # sim family to train and evaluate on, or all
-    demo_episodes: int = 60  # expert demonstrations per family (cached)
+    demo_episodes: int = 200  # expert demonstrations per family (cached)
     image_size: int = 64  # camera side, for the data and the evaluation alike
     train_steps: int = 600
     batch_size: int = 16
