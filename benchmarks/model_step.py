@@ -11,7 +11,7 @@ Peak memory is the GPU's max allocated on CUDA; on CPU the RSS high-water-mark g
 a fresh subprocess per mode (the allocator makes it coarse). "saved act" is the bytes
 autograd keeps for backward, counted exactly whatever the allocator.
 
-    python benchmarks/model_step.py [--configs tiny,mid] [--batch-size 4] [--iters 10] [--device cpu]
+    python benchmarks/model_step.py [--configs tiny,mid] [--batch-size 4] [--iters 10] [--device cpu] [--threads 1]
 """
 
 from __future__ import annotations
@@ -127,7 +127,7 @@ def peak_memory(name: str, root: Path, b: int, fm_only: bool, device: str) -> di
         for _ in range(3):
             train_step(policy, batch, fm_only)
         return {"peak": float(torch.cuda.max_memory_allocated() - base), "saved": saved_bytes(policy, batch, fm_only)}
-    cmd = [sys.executable, __file__, "--probe", name, str(root), str(b), str(int(fm_only))]
+    cmd = [sys.executable, __file__, "--probe", name, str(root), str(b), str(int(fm_only)), str(torch.get_num_threads())]
     out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
     return json.loads(out.strip().splitlines()[-1])
 
@@ -169,7 +169,8 @@ def run_config(name: str, root: Path, args) -> None:
 
 def main() -> None:
     if len(sys.argv) > 1 and sys.argv[1] == "--probe":
-        name, root, b, fm_only = sys.argv[2:6]
+        name, root, b, fm_only, threads = sys.argv[2:7]
+        torch.set_num_threads(int(threads))
         probe(name, root, int(b), bool(int(fm_only)))
         return
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -178,7 +179,11 @@ def main() -> None:
     parser.add_argument("--iters", type=int, default=10)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--root", type=Path, default=None, help="where to write the random models (default: temp)")
+    parser.add_argument("--threads", type=int, default=0,
+                        help="torch CPU threads (0: torch's default; 1 is steadier on a shared machine)")
     args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
     root = args.root or Path(tempfile.mkdtemp(prefix="sagrflow-bench-model-"))
     for name in args.configs.split(","):
         if name not in CONFIGS:
