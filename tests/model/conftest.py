@@ -15,16 +15,6 @@ from sagrflow.model.tiny import make_tiny
 B, C, H, A, S, IMG = 3, 2, 8, 7, 5, 56
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_torch_thread():
-    """Tiny models gain nothing from threads, and on a busy 2-core machine OpenMP's spinning
-    threads made a 2 s test take 50 s. Restored after each module."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 @pytest.fixture(scope="session")
 def tiny_dirs(tmp_path_factory):
     root = tmp_path_factory.mktemp("tiny")

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import pytest
-import torch
 
 from sagrflow.data.synthetic import write_synthetic
 from sagrflow.model.tiny import make_tiny
@@ -14,15 +13,6 @@ SIM_NAMES = ("sim_spatial", "sim_object", "sim_goal", "sim_long")
 # so micro-batches differ in how many valid samples they hold
 LENGTHS = [14, 9, 5]
 IMG = 56
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_torch_thread():
-    """Tiny models gain nothing from threads; on a busy 2-core machine OpenMP's spinning threads cost a lot."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="session")

@@ -46,7 +46,7 @@ class Batch:
     """
 
     image_t: torch.Tensor  # (B, C, 3, h, w) uint8
-    image_tk: torch.Tensor  # (B, C, 3, h, w) uint8
+    image_tk: torch.Tensor | None  # (B, C, 3, h, w) uint8; None: a source without t+k frames (forward uses image_t)
     valid_tk: torch.Tensor  # (B,) float32
     action: torch.Tensor  # (B, H, A) float32
     action_mask: torch.Tensor  # (B, H) float32
@@ -62,6 +62,9 @@ class Batch:
     # tk_index[i] = j >= 0 when sample j's image_t is sample i's image_tk (same episode, frame
     # t_i + k, pair valid): its detached tokens can stand in for a second VLM pass. -1 otherwise.
     tk_index: torch.Tensor | None = None  # (B,) int64
+    # per-camera depth or point maps for the geometric branch, when a source provides them
+    depth_t: torch.Tensor | None = None  # (B, C, 1|3, h, w) float32
+    depth_tk: torch.Tensor | None = None  # (B, C, 1|3, h, w) float32
 
     @property
     def batch_size(self) -> int:
