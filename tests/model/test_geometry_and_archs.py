@@ -18,14 +18,7 @@ def with_depth(batch, scale=1.0, seed=0):
     g = torch.Generator().manual_seed(seed)
     depth_t = (torch.rand(B, C, 1, IMG, IMG, generator=g) + 0.5) * scale
     depth_tk = (torch.rand(B, C, 1, IMG, IMG, generator=g) + 0.5) * scale
-    fields = {f.name: getattr(batch, f.name) for f in dataclasses.fields(batch)}
-
-    @dataclasses.dataclass(frozen=True)
-    class DepthBatch(type(batch)):
-        depth_t: torch.Tensor | None = None
-        depth_tk: torch.Tensor | None = None
-
-    return DepthBatch(**fields, depth_t=depth_t, depth_tk=depth_tk)
+    return dataclasses.replace(batch, depth_t=depth_t, depth_tk=depth_tk)
 
 
 def test_scale_normalize_is_scale_invariant_and_finite():
