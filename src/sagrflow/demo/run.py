@@ -26,8 +26,9 @@ ABLATIONS = ("fm_only",)
 class DemoConfig:
     suite: str = "all"  # sim family to train and evaluate on, or all
     demo_episodes: int = 200  # expert demonstrations per family (cached)
-    image_size: int = 64  # camera side, for the data and the evaluation alike
-    train_steps: int = 600
+    image_size: int = 128  # camera side, for the data and the evaluation alike
+    model_image_size: int = 112  # what the VLM sees: 8x8 patches of 14 -> 4x4 tokens per camera (56 gives 2x2)
+    train_steps: int = 3000  # ~10 minutes on 2 idle cores (5 steps/s)
     batch_size: int = 16
     phase_a_frac: float = 0.2  # SA-GR phase A (fm only) as a fraction of the steps
     ramp_frac: float = 0.2  # phase B (world weights ramp up)
@@ -62,7 +63,7 @@ class DemoConfig:
 
 
 QUICK = dict(demo_episodes=4, train_steps=3, batch_size=4, num_workers=0, eval_episodes=1, eval_max_steps=12,
-             videos=1, image_size=32)  # CI: every stage runs, nothing is expected to learn
+             videos=1, image_size=32, model_image_size=56)  # CI: every stage runs, nothing is expected to learn
 
 
 def ensure_data(cfg: DemoConfig, log=print) -> Path:
@@ -95,6 +96,8 @@ def train(cfg: DemoConfig, data_root: Path, run_dir: Path) -> Path:
         "datasets.vla_data.data_mix": f"sim_{cfg.suite}",
         "datasets.vla_data.per_device_batch_size": cfg.batch_size,
         "datasets.vla_data.num_workers": cfg.num_workers,
+        "datasets.vla_data.image_size": [cfg.model_image_size] * 2,
+        "framework.backbone.image_size": [cfg.model_image_size] * 2,
         "trainer.max_train_steps": cfg.train_steps,
         "trainer.save_interval": 0,
         "trainer.sagr_phase_a_steps": cfg.phase_a,
