@@ -25,6 +25,7 @@ policy's world-model memory is namespaced per connection so clients never share 
 from __future__ import annotations
 
 import asyncio
+import functools
 import http
 import itertools
 import logging
@@ -62,7 +63,6 @@ class PolicyServer:
         self.max_examples = max_examples
         self._executor = ThreadPoolExecutor(1, thread_name_prefix="sagrflow-infer")
         self._ids = itertools.count()
-        self._lock = threading.Lock()  # the policy's memory is shared by every connection
 
     # ------------------------------------------------------------------ running
     async def serve(self, host: str, port: int, ready: asyncio.Future | None = None,
@@ -115,7 +115,7 @@ class PolicyServer:
         except ConnectionClosed:
             pass
         finally:
-            self._forget(conn, None)
+            await self._forget(conn, None)
 
     async def _reply(self, frame: bytes | str, conn: _Connection) -> dict | str:
         """Never raises: whatever goes wrong becomes an error reply."""
@@ -131,7 +131,7 @@ class PolicyServer:
                 raise RequestError(f"a request must be a map, got {type(msg).__name__}")
             if "__ctrl__" in msg:
                 if msg["__ctrl__"] == "episode_start":
-                    self._forget(conn, None)
+                    await self._forget(conn, None)
                 return {"__ack__": msg["__ctrl__"] if msg["__ctrl__"] in ("episode_start", "episode_end") else "ignored"}
             if _is_openpi(msg):
                 return await self._openpi_infer(msg, conn)
@@ -151,7 +151,7 @@ class PolicyServer:
             return {"status": "ok", "ok": True, "type": "ping", "request_id": rid}
         if mtype == "reset":
             episode = payload.get("episode_id") if isinstance(payload, dict) else None
-            self._forget(conn, episode)
+            await self._forget(conn, episode)
             return {"status": "ok", "ok": True, "type": "reset", "request_id": rid}
         if mtype not in ("infer", "predict_action"):
             return {"status": "error", "ok": False, "type": "unknown", "request_id": rid,
@@ -213,21 +213,25 @@ class PolicyServer:
         return out
 
     async def _predict(self, examples: list[dict], num_steps: int | None) -> dict:
-        def run():
-            with self._lock:
-                return self.policy.predict_action(examples, num_steps=num_steps)
-
         try:
-            return await asyncio.get_running_loop().run_in_executor(self._executor, run)
+            return await self._in_worker(self.policy.predict_action, examples, num_steps=num_steps)
         except ValueError as exc:  # the policy's own input checks (state size, cameras)
             raise RequestError(str(exc)) from None
 
-    def _forget(self, conn: _Connection, episode: Any) -> None:
-        with self._lock:
-            keys = set(conn.keys) if episode is None else {(conn.id, _hashable(episode))}
-            for key in keys:
-                self.policy.reset(key)
-            conn.keys -= keys
+    async def _forget(self, conn: _Connection, episode: Any) -> None:
+        keys = set(conn.keys) if episode is None else {(conn.id, _hashable(episode))}
+        conn.keys -= keys
+        if keys:
+            await self._in_worker(self._reset_keys, keys)
+
+    def _reset_keys(self, keys: set) -> None:
+        for key in keys:
+            self.policy.reset(key)
+
+    async def _in_worker(self, fn, *args, **kwargs):
+        """Run on the single inference thread: the policy (and its memory) is only ever touched
+        there, one call at a time, while the event loop keeps answering other clients."""
+        return await asyncio.get_running_loop().run_in_executor(self._executor, functools.partial(fn, *args, **kwargs))
 
 
 @dataclass
