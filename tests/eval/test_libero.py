@@ -53,3 +53,11 @@ def test_libero_smoke_few_steps():
     assert len(tasks) == 10 and all(t.max_steps == 220 for t in tasks)
     [result] = run_jobs(ZeroPolicy(), suite, [Job(tasks[0].name, 0)], RolloutConfig(max_steps=3))
     assert (result.steps, result.queries, result.success) == (3, 1, False)
+
+
+@pytest.mark.skipif(libero_available(), reason="checks the message shown when LIBERO is missing")
+def test_missing_libero_is_a_one_line_error(capsys):
+    from sagrflow.cli import main
+
+    assert main(["eval", "--policy", "zero", "--suite", "libero_goal", "--episodes", "1"]) == 2
+    assert "pip install 'sagrflow[libero]'" in capsys.readouterr().err

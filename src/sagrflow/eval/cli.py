@@ -16,7 +16,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     ev.add_argument("--suite", default="all",
                     help="sim: all | spatial | object | goal | long; LIBERO: libero_spatial | libero_object | "
                          "libero_goal | libero_10 (default: all)")
-    ev.add_argument("--episodes", type=int, default=10, help="episodes per task (default: 10)")
+    ev.add_argument("--episodes", type=int, default=None,
+                    help="episodes per task (default: 10 on the sim, LIBERO's 50 init states on LIBERO)")
     ev.add_argument("--seed", type=int, default=None,
                     help="first episode seed (default: 100000 on the sim, init state 0 on LIBERO)")
     ev.add_argument("--execute-steps", type=int, default=None,
@@ -24,7 +25,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     ev.add_argument("--check-every", type=int, default=None,
                     help="also ask mid-chunk every N steps and replan when the RRR signal fires (default: off)")
     ev.add_argument("--num-envs", type=int, default=8, help="episodes stepped in lockstep, one batched call (default: 8)")
-    ev.add_argument("--workers", type=int, default=1, help="processes splitting the tasks (default: 1)")
+    ev.add_argument("--workers", type=int, default=1,
+                    help="processes splitting the tasks, each with its own policy and envs; pays off when the "
+                         "simulator dominates (LIBERO renders on the CPU) and cores are free (default: 1)")
     ev.add_argument("--max-steps", type=int, default=None, help="override every task's step limit")
     ev.add_argument("--num-steps", type=int, default=None, help="Euler steps per chunk (default: the checkpoint's)")
     ev.add_argument("--image-size", type=int, default=None, help="camera size (default: 128 sim, 256 LIBERO)")
@@ -55,6 +58,7 @@ def _eval(args: argparse.Namespace) -> int:
     if kind == "sagr" and not args.checkpoint:
         raise ValueError("give --checkpoint DIR, --server HOST:PORT, or a baseline --policy expert|random|zero")
     suite = get_suite(args.suite, args.image_size, args.seed)
+    episodes = args.episodes or (50 if suite.name.startswith("libero") else 10)
     cfg = RolloutConfig(args.execute_steps, args.check_every, args.num_envs, args.max_steps)
     spec = None if kind == "remote" else PolicySpec(kind, args.checkpoint, args.device, args.num_steps)
     out = Path(args.out or f"runs/eval/{kind}_{suite.name}_{time.strftime('%Y%m%d-%H%M%S')}")
@@ -71,13 +75,13 @@ def _eval(args: argparse.Namespace) -> int:
               f"{f'  {r.replans} replans' if r.replans else ''}", flush=True)
 
     try:
-        results, seconds = evaluate(spec, suite, args.episodes, cfg, out / "videos", args.videos, args.workers,
+        results, seconds = evaluate(spec, suite, episodes, cfg, out / "videos", args.videos, args.workers,
                                     policy=policy, progress=progress)
     finally:
         if client is not None:
             client.close()
     meta = {"policy": kind, "checkpoint": args.checkpoint or args.server or "", "suite": suite.name,
-            "episodes_per_task": args.episodes, "execute_steps": cfg.execute_steps, "check_every": cfg.check_every,
+            "episodes_per_task": episodes, "execute_steps": cfg.execute_steps, "check_every": cfg.check_every,
             "num_envs": cfg.num_envs, "workers": args.workers, "seconds": round(seconds, 1)}
     summary = summarize(results, meta)
     json_path, md_path = write_report(summary, out)
