@@ -100,3 +100,22 @@ def test_torchcodec_backend_matches_pyav(dataset_root):
 def test_unknown_backend():
     with pytest.raises(DataError, match="unknown video backend 'opencv'"):
         DecoderCache("opencv")
+
+
+@pytest.mark.parametrize("index_limit_bytes", [0, 64 << 20], ids=["unindexed", "keyframe-index"])
+def test_pyav_reader_is_frame_exact_with_and_without_a_keyframe_index(dataset_root, index_limit_bytes):
+    from sagrflow.data.video import PyAVReader
+
+    reader = LeRobotReader(dataset_root("v3.0", "h264"))
+    path = reader.episodes[0].videos["observation.images.image"].path
+    eps = [e for e in reader.episodes if e.videos["observation.images.image"].path == path]
+    video = PyAVReader(path, index_limit_bytes=index_limit_bytes)
+    assert (video._keyframes is None) == (index_limit_bytes == 0)
+    rng = np.random.default_rng(0)
+    for _ in range(40):  # random (t, t+k) pairs, as samples ask for them, in both orders
+        e = eps[rng.integers(len(eps))]
+        start = e.videos["observation.images.image"].from_timestamp
+        t = int(rng.integers(e.length))
+        tk = min(t + int(rng.integers(1, 8)), e.length - 1)
+        got = video.frames_at([start + tk / 10, start + t / 10])
+        assert [decode_id_image(f)[:2] for f in got] == [(e.index, tk), (e.index, t)]

@@ -18,6 +18,8 @@ from sagrflow.data.cache import ProcessLocalLRU
 from sagrflow.data.errors import DataError
 
 BACKENDS = ("pyav", "torchcodec")
+# Without a keyframe index, decoding on beats a seek only for targets this close ahead.
+_UNINDEXED_FORWARD_FRAMES = 2
 
 
 class VideoReader(Protocol):
@@ -39,14 +41,16 @@ def _check_file(path: Path) -> None:
 class PyAVReader:
     """Frame-accurate random access with PyAV.
 
-    On open, the packets are demuxed once (no decoding) to learn where the keyframes
-    are. A request then decodes forward from the current position when no keyframe
-    lies in between, and otherwise seeks straight to the keyframe before the target:
-    the fewest frames decoded either way. One reformatter is kept per file so the
+    On open, the packets of files up to `index_limit_bytes` are demuxed once (no
+    decoding) to learn where the keyframes are. A request then decodes forward from the
+    current position when no keyframe lies in between, and otherwise seeks straight to
+    the keyframe before the target: the fewest frames decoded either way. Larger files
+    (big v3.0 shards) are not read whole at open; there a request decodes forward only
+    to the next couple of frames and otherwise seeks. One reformatter is kept per file so the
     yuv -> rgb conversion context is built once, not once per frame.
     """
 
-    def __init__(self, path: str | Path, tolerance_s: float = 1e-3):
+    def __init__(self, path: str | Path, tolerance_s: float = 1e-3, index_limit_bytes: int = 64 << 20):
         import av
         from av.video.reformatter import VideoReformatter
 
@@ -59,7 +63,10 @@ class PyAVReader:
             # DataLoader workers are the parallelism; codec threads on top only add hand-off latency
             self._stream.codec_context.thread_count = 1
             self._time_base = float(self._stream.time_base)
-            self._keyframes = self._index_keyframes()  # sorted keyframe times (s)
+            rate = self._stream.average_rate or self._stream.guessed_rate
+            self._frame_s = 1.0 / float(rate) if rate else 1.0 / 30.0
+            # sorted keyframe times (s), or None for a file too large to read whole at open
+            self._keyframes = self._index_keyframes() if self.path.stat().st_size <= index_limit_bytes else None
         except (av.error.FFmpegError, IndexError) as exc:
             raise DataError(self.path, f"cannot open video ({exc})", "the mp4 is truncated or corrupt; re-encode it") from exc
         self._reformatter = VideoReformatter()
@@ -77,13 +84,23 @@ class PyAVReader:
         i = np.searchsorted(self._keyframes, target_s + self.tolerance_s, side="right") - 1
         return float(self._keyframes[max(i, 0)])
 
-    def _seek(self, keyframe_s: float) -> None:
+    def _continue_forward(self, target_s: float) -> bool:
+        """Is decoding on from the current position no worse than seeking to `target_s`?"""
+        if self._frames is None or self._last_time is None or target_s <= self._last_time + self.tolerance_s:
+            return False
+        if self._keyframes is None:
+            return target_s - self._last_time <= _UNINDEXED_FORWARD_FRAMES * self._frame_s + self.tolerance_s
+        return self._keyframe_before(target_s) <= self._last_time + self.tolerance_s
+
+    def _seek(self, target_s: float) -> None:
+        """Position the decoder at the last keyframe at or before `target_s`."""
         import av
 
+        offset = round((target_s + self.tolerance_s) / self._time_base)
         try:
-            self._container.seek(round(keyframe_s / self._time_base), stream=self._stream, backward=True, any_frame=False)
+            self._container.seek(offset, stream=self._stream, backward=True, any_frame=False)
         except av.error.FFmpegError as exc:
-            raise DataError(self.path, f"seek to {keyframe_s:.4f}s failed ({exc})") from exc
+            raise DataError(self.path, f"seek to {target_s:.4f}s failed ({exc})") from exc
         self._frames = self._container.decode(self._stream)
         self._last_time = self._last_frame = None
 
@@ -95,10 +112,8 @@ class PyAVReader:
 
         if self._last_frame is not None and abs(self._last_time - target_s) <= self.tolerance_s:
             return self._to_rgb(self._last_frame)
-        keyframe = self._keyframe_before(target_s)
-        ahead = self._frames is not None and self._last_time is not None and target_s > self._last_time + self.tolerance_s
-        if not (ahead and keyframe <= self._last_time + self.tolerance_s):
-            self._seek(keyframe)
+        if not self._continue_forward(target_s):
+            self._seek(target_s if self._keyframes is None else self._keyframe_before(target_s))
         last_seen = None
         try:
             for frame in self._frames:
