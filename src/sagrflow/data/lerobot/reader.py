@@ -62,7 +62,8 @@ class LeRobotReader:
         self._columns = self._load_index(use_cache)
 
     # ------------------------------------------------------------------ index
-    def _fingerprint(self) -> str:
+    def fingerprint(self) -> str:
+        """Changes whenever info.json or any data file (size, mtime) changes: keys the derived caches."""
         h = hashlib.sha1()
         h.update(f"{_INDEX_VERSION}".encode())
         h.update((self.root / "meta" / "info.json").read_bytes())
@@ -72,7 +73,7 @@ class LeRobotReader:
         return h.hexdigest()
 
     def _load_index(self, use_cache: bool) -> dict[str, np.ndarray]:
-        fingerprint = self._fingerprint()
+        fingerprint = self.fingerprint()
         cache = derived_path(self.root, "index.npz") if use_cache else None
         if cache is not None and cache.is_file():
             try:
