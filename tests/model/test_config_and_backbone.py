@@ -74,6 +74,14 @@ def test_backbone_returns_every_layer_mask_and_visual_positions(tiny_dirs, arch)
     torch.testing.assert_close(alone.hidden_states[-1][0], out.hidden_states[-1][1, :n], atol=1e-5, rtol=1e-4)
 
 
+@pytest.mark.parametrize("arch", ["qwen2_5_vl", "qwen3_vl"])
+def test_tiny_qwen_keeps_the_configured_image_resolution(tiny_dirs, arch):
+    """112 px cameras give 4x4 merged tokens each, not the 2x2 of a processor capped at 56 px."""
+    bb = VLMBackbone.from_pretrained(tiny_dirs[arch])
+    images = torch.randint(0, 256, (1, C, 3, 2 * IMG, 2 * IMG), dtype=torch.uint8)
+    assert bb(images, ["go"]).visual_mask.sum(1).tolist() == [16 * C]
+
+
 def test_make_tiny_cli_writes_a_standard_checkpoint(tmp_path):
     out = tmp_path / "tiny_llava"
     assert cli_main(["model", "make-tiny", "--arch", "llava", "--out", str(out)]) == 0

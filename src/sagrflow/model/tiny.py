@@ -86,9 +86,11 @@ def _build_qwen2_5_vl(hidden: int, layers: int):
         **_qwen_common(vocab),
     )
     model = Qwen2_5_VLForConditionalGeneration(config)
-    # 56x56 pixels -> 4x4 patches of 14 -> 2x2 merged tokens per image
+    # images keep their size (rounded to the 28-pixel merge unit) up to 224x224: 56x56 -> 4x4 patches
+    # of 14 -> 2x2 merged tokens, 112x112 -> 4x4 tokens. A cap at 56x56 used to shrink every input
+    # to 2x2 tokens per camera, whatever framework.backbone.image_size said.
     processor = Qwen2VLImageProcessorPil(
-        min_pixels=56 * 56, max_pixels=56 * 56, patch_size=14, merge_size=2, temporal_patch_size=2
+        min_pixels=28 * 28, max_pixels=224 * 224, patch_size=14, merge_size=2, temporal_patch_size=2
     )
     return model, tokenizer, processor
 
@@ -114,9 +116,10 @@ def _build_qwen3_vl(hidden: int, layers: int):
         **_qwen_common(vocab),
     )
     model = Qwen3VLForConditionalGeneration(config)
-    # Qwen3-VL patches are 16 pixels: 64x64 -> 4x4 patches -> 2x2 merged tokens
+    # Qwen3-VL patches are 16 pixels, the merge unit 32: 64x64 -> 4x4 patches -> 2x2 merged tokens,
+    # larger images keep their size up to 256x256
     processor = Qwen2VLImageProcessorPil(
-        size={"shortest_edge": 64 * 64, "longest_edge": 64 * 64}, patch_size=16, merge_size=2,
+        size={"shortest_edge": 32 * 32, "longest_edge": 256 * 256}, patch_size=16, merge_size=2,
         temporal_patch_size=2, image_mean=[0.5, 0.5, 0.5], image_std=[0.5, 0.5, 0.5],
     )
     return model, tokenizer, processor
@@ -164,7 +167,7 @@ def make_tiny(arch: str, out_dir: str | Path, seed: int = 0, hidden_size: int = 
     return out
 
 
-TINY_VERSION = 1  # bump when a builder changes, so cached directories are rebuilt
+TINY_VERSION = 2  # bump when a builder changes, so cached directories are rebuilt
 
 
 def cached_tiny(arch: str) -> Path:
