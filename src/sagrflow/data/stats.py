@@ -33,7 +33,7 @@ def dataset_stats(reader: LeRobotReader, keys: list[str]) -> dict[str, FeatureSt
     if not missing:
         return out
     cache = derived_path(reader.root, "stats.json")
-    fingerprint = reader.fingerprint()
+    fingerprint = reader.fingerprint
     cached = {}
     if cache.is_file():
         try:

@@ -191,12 +191,17 @@ class TorchCodecReader:
         self._decoder = None
 
 
+_READERS = {"pyav": PyAVReader, "torchcodec": TorchCodecReader}
+
+
+def _reader_class(backend: str) -> type:
+    if backend not in _READERS:
+        raise DataError("datasets.vla_data.video_backend", f"unknown video backend {backend!r}", f"use one of {BACKENDS}")
+    return _READERS[backend]
+
+
 def open_video(path: str | Path, backend: str = "pyav") -> VideoReader:
-    if backend == "pyav":
-        return PyAVReader(path)
-    if backend == "torchcodec":
-        return TorchCodecReader(path)
-    raise DataError("datasets.vla_data.video_backend", f"unknown video backend {backend!r}", f"use one of {BACKENDS}")
+    return _reader_class(backend)(path)
 
 
 def _close(reader: VideoReader) -> None:
@@ -207,8 +212,7 @@ class DecoderCache:
     """A bounded LRU of open video readers, one per process (see `ProcessLocalLRU`)."""
 
     def __init__(self, backend: str = "pyav", capacity: int = 16):
-        if backend not in BACKENDS:
-            raise DataError("datasets.vla_data.video_backend", f"unknown video backend {backend!r}", f"use one of {BACKENDS}")
+        _reader_class(backend)  # an unknown backend fails here, not in the first worker
         self.backend = backend
         self._lru = ProcessLocalLRU(partial(open_video, backend=backend), capacity, _close)
 

@@ -62,7 +62,7 @@ class LeRobotReader:
         self._columns = self._load_index(use_cache)
 
     # ------------------------------------------------------------------ index
-    def fingerprint(self) -> str:
+    def _compute_fingerprint(self) -> str:
         """Changes whenever info.json or any data file (size, mtime) changes: keys the derived caches."""
         h = hashlib.sha1()
         h.update(f"{_INDEX_VERSION}".encode())
@@ -73,7 +73,8 @@ class LeRobotReader:
         return h.hexdigest()
 
     def _load_index(self, use_cache: bool) -> dict[str, np.ndarray]:
-        fingerprint = self.fingerprint()
+        # computed once per open (it stats every data file); the stats cache keys on it too
+        fingerprint = self.fingerprint = self._compute_fingerprint()
         cache = derived_path(self.root, "index.npz") if use_cache else None
         if cache is not None and cache.is_file():
             try:
