@@ -327,8 +327,6 @@ class LeRobotWriter:
             "total_episodes": n_eps,
             "total_frames": self.total_frames,
             "total_tasks": len(self.tasks),
-            "total_videos": n_eps * len(s.camera_keys) if s.video_codec else 0,
-            "total_chunks": (n_eps - 1) // 1000 + 1,
             "chunks_size": 1000,
             "fps": s.fps,
             "splits": {"train": f"0:{n_eps}"},
@@ -336,9 +334,12 @@ class LeRobotWriter:
             "video_path": PATH_TEMPLATES[s.version]["video"] if s.video_codec else None,
             "features": self._features(),
         }
-        if s.version == "v3.0":
+        if s.version == "v3.0":  # exactly LeRobot's v3.0 keys: its DatasetInfo (0.5+) warns on v2.x-only ones
             info["data_files_size_in_mb"] = 100
             info["video_files_size_in_mb"] = 500
+        else:
+            info["total_videos"] = n_eps * len(s.camera_keys) if s.video_codec else 0
+            info["total_chunks"] = (n_eps - 1) // 1000 + 1
         tmp = meta / "info.json.tmp"
         tmp.write_text(json.dumps(info, indent=2))
         tmp.replace(meta / "info.json")
