@@ -1,9 +1,11 @@
 """Backbone adapter over transformers VLMs, and the choice of layers that feed the DiT.
 
 One code path for every checkpoint, tiny or real: the model's own tokenizer and image
-processor (PIL backend, no torchvision) build the inputs, the base VLM (no LM head) runs
-with `output_hidden_states`, and the adapter returns every layer's hidden states with the
-attention mask and the positions of the visual tokens.
+processor (PIL backend, no torchvision) build the inputs, the base VLM (no LM head, so no
+logits are ever computed) runs with `output_hidden_states`, and the adapter returns every
+layer's hidden states with the attention mask and the positions of the visual tokens. A
+caller that reads only the last layer (the t+k target pass: the anchor reads nothing else)
+asks for `all_layers=False`: no per-layer capture hooks, no per-layer tensors kept.
 
 Prompts are built here rather than by the architecture's combined `Processor`: in
 transformers 5 the Qwen processors require a video processor, which needs torchvision.
@@ -28,14 +30,18 @@ TINY_PREFIX = "tiny:"
 
 @dataclass
 class BackboneOutput:
-    hidden_states: tuple[torch.Tensor, ...]  # num_layers + 1 of (B, L, D); [0] is the embedding output
+    # num_layers + 1 of (B, L, D); [0] is the embedding output. None when only the last was asked for
+    hidden_states: tuple[torch.Tensor, ...] | None
+    last_hidden_state: torch.Tensor  # (B, L, D) after the final norm; is hidden_states[-1]
     attention_mask: torch.Tensor  # (B, L) bool, False at padding
     visual_mask: torch.Tensor  # (B, L) bool, True at image tokens
     text_mask: torch.Tensor  # (B, L) bool, True at non-padding, non-image tokens
+    lengths: list[int]  # B real (non-padding) token counts, read on the host before the inputs moved
 
     @property
     def layers(self) -> tuple[torch.Tensor, ...]:
         """The decoder layers' outputs, (B, L, D) each, in depth order."""
+        assert self.hidden_states is not None, "this pass ran with all_layers=False"
         return self.hidden_states[1:]
 
 
@@ -166,19 +172,30 @@ class VLMBackbone(nn.Module):
         return inputs
 
     # --- forward -------------------------------------------------------------------------
-    def forward(self, images: torch.Tensor, lang: Sequence[str]) -> BackboneOutput:
-        """(B, C, 3, h, w) uint8 images and B instructions -> hidden states of every layer."""
+    def forward(self, images: torch.Tensor, lang: Sequence[str], all_layers: bool = True) -> BackboneOutput:
+        """(B, C, 3, h, w) uint8 images and B instructions -> hidden states of every layer
+        (`all_layers=False`: of the last one only, the same values)."""
         device = next(self.vlm.parameters()).device
-        inputs = {k: v.to(device) for k, v in self.prepare_inputs(images, lang).items()}
+        cpu_inputs = self.prepare_inputs(images, lang)
+        lengths = cpu_inputs["attention_mask"].sum(1).tolist()
+        inputs = {k: v.to(device) for k, v in cpu_inputs.items()}
         if "pixel_values" in inputs:
             inputs["pixel_values"] = inputs["pixel_values"].to(self.vlm.dtype)
-        out = self.vlm(**inputs, output_hidden_states=True, use_cache=False, return_dict=True)
+        out = self.vlm(**inputs, output_hidden_states=all_layers, use_cache=False, return_dict=True)
         attention = inputs["attention_mask"].bool()  # (B, L)
         visual = (inputs["input_ids"] == self.image_token_id) & attention
         return BackboneOutput(
-            hidden_states=tuple(out.hidden_states), attention_mask=attention, visual_mask=visual,
-            text_mask=attention & ~visual,
+            hidden_states=tuple(out.hidden_states) if all_layers else None,
+            last_hidden_state=out.last_hidden_state, attention_mask=attention, visual_mask=visual,
+            text_mask=attention & ~visual, lengths=lengths,
         )
+
+    def preprocessing_fingerprint(self) -> str:
+        """What, besides the weights, decides the hidden states of an (images, instruction) input:
+        the architecture, the image processor's settings (image size, normalization), the tokenizer."""
+        tok = self.tokenizer
+        return json.dumps([self.arch, self.image_processor.to_json_string(), type(tok).__name__, len(tok),
+                           tok.padding_side, self.image_token_id])
 
 
 def _load_preprocessors(src: Path):

@@ -17,9 +17,11 @@ from torch import nn
 from sagrflow.core.normalize import Normalizer
 from sagrflow.model.action_head import ActionHead
 from sagrflow.model.anchor import SemanticAnchor
-from sagrflow.model.backbone import VLMBackbone, select_layers
+from sagrflow.model.backbone import BackboneOutput, VLMBackbone, select_layers
 from sagrflow.model.config import FrameworkConfig
 from sagrflow.model.geometry import build_geometry_encoder
+from sagrflow.model.target_cache import Entry, TargetCache, pad_entries
+from sagrflow.model.targets import TargetPlan, target_plan
 
 WEIGHTS_FILE = "model.safetensors"
 CONFIG_FILE = "config.json"
@@ -35,6 +37,7 @@ class Encoded:
     vl_embs_list: list[torch.Tensor]  # one (B, L, D) per DiT block
     mask: torch.Tensor  # (B, L) bool, False at padding
     task_tokens: torch.Tensor | None  # (B, K, W); None when not asked for
+    vlm: BackboneOutput  # the pass itself (its last layer feeds the anchor and the target cache)
 
 
 @dataclass
@@ -69,6 +72,8 @@ class SAGRPolicy(nn.Module):
         self.action_normalizer = action_normalizer
         self.state_normalizer = state_normalizer
         self._memory: dict = {}
+        # t+k VLM outputs of a frozen backbone (trainer.target_cache_mb); not a module: never saved
+        self.target_cache: TargetCache | None = None
 
     @classmethod
     def from_config(cls, config: FrameworkConfig, action_normalizer: Normalizer | None = None,
@@ -87,9 +92,14 @@ class SAGRPolicy(nn.Module):
         vl_embs_list = [layers[i].to(dtype) for i in self.layer_ids]
         tokens = None
         if task_tokens:
-            geo_tokens = self.geometry(images, geometry) if self.geometry is not None else None
-            tokens = self.anchor(out.hidden_states[-1].to(dtype), out.visual_mask, out.text_mask, geo_tokens)
-        return Encoded(vl_embs_list, out.attention_mask, tokens)
+            tokens = self._anchor(out.last_hidden_state, out.visual_mask, out.text_mask, images, geometry)
+        return Encoded(vl_embs_list, out.attention_mask, tokens, out)
+
+    def _anchor(self, hidden: torch.Tensor, visual: torch.Tensor, text: torch.Tensor, images: torch.Tensor,
+                geometry: torch.Tensor | None) -> torch.Tensor:
+        """Last VLM layer (B, L, D) and its masks (B, L) -> task tokens (B, K, W)."""
+        geo_tokens = self.geometry(images, geometry) if self.geometry is not None else None
+        return self.anchor(hidden.to(self.head.action_out.weight.dtype), visual, text, geo_tokens)
 
     # --- training ------------------------------------------------------------------------
     def forward(self, batch, fm_only: bool = False) -> dict[str, torch.Tensor]:
@@ -116,16 +126,20 @@ class SAGRPolicy(nn.Module):
         if not am.state_dim:  # a policy without a state token ignores a batch's state
             state = None
         lang = list(batch.lang)
+        plan = None if fm_only else target_plan(batch, valid, lang, has_image_tk)  # before any pass: one host read
+        cache = self._usable_cache() if plan is not None and plan.keys_t is not None else None
         # 2. VLM on image_t, with gradients
         enc = self.encode(image_t, lang, getattr(batch, "depth_t", None), task_tokens=not fm_only)
+        if cache is not None:  # a frozen VLM: this frame's last layer can serve a later sample's t+k
+            v = enc.vlm
+            cache.put(plan.keys_t, v.last_hidden_state, v.lengths, v.visual_mask, v.text_mask)
         r = am.repeated_diffusion_steps
         valid_tk_repeated = valid.repeat_interleave(r, 0)  # (N,)
         task_tokens_repeated = task_tokens_next_repeated = None
-        passed = reused = valid.new_tensor(0.0)
+        counts = (0, 0, 0)
         if not fm_only:  # steps 3-5
-            task_tokens_repeated, task_tokens_next_repeated, passed, reused = self._world_targets(
-                enc.task_tokens, image_tk, lang, getattr(batch, "depth_tk", None), valid,
-                getattr(batch, "tk_index", None), r)
+            task_tokens_repeated, task_tokens_next_repeated, counts = self._world_targets(
+                enc.task_tokens, image_tk, lang, getattr(batch, "depth_tk", None), valid, plan, cache, r)
         # 6. the action head
         head_out = self.head(
             enc.vl_embs_list,
@@ -143,37 +157,42 @@ class SAGRPolicy(nn.Module):
         out["valid_tk"] = valid
         with torch.no_grad():
             flag = valid.new_tensor
+            passed, reused, cached = (flag(c / b) for c in counts)
             out.update({
                 "valid_tk_ratio": (valid > 0).float().mean(),
                 "has_image_tk": flag(float(has_image_tk)),
-                "task_tokens_next_available": (passed + reused > 0).float(),
-                "target_pass_ratio": passed,  # samples through the no-grad image_tk pass
+                "task_tokens_next_available": flag(float(sum(counts) > 0)),
+                "target_pass_ratio": passed,  # samples through the no-grad image_tk VLM pass
                 "target_reuse_ratio": reused,  # samples whose t+k tokens came from another sample's t
+                "target_cache_ratio": cached,  # samples whose t+k VLM output came from the target cache
                 "absmax/task_tokens": flag(0.0) if fm_only else enc.task_tokens.detach().abs().max(),
                 "absmax/pred_velocity": head_out["pred_velocity"].detach().abs().max(),
                 "absmax/drift": head_out["drift"].detach().abs().max(),
             })
         return out
 
+    def _usable_cache(self) -> TargetCache | None:
+        cache = self.target_cache
+        return cache if cache is not None and cache.usable(self.backbone) else None
+
     def _world_targets(self, task_tokens: torch.Tensor, image_tk: torch.Tensor, lang: list[str],
-                       geometry_tk: torch.Tensor | None, valid: torch.Tensor, tk_index: torch.Tensor | None,
-                       r: int):
-        """Steps 3-5: task tokens (B, K, W) -> repeated current and next tokens (N, K, W), and the
-        fractions of samples whose next tokens came from the target pass / from a reused sample."""
-        # 3. VLM on image_tk, no graph, only for the valid pairs: an invalid pair's target is replaced in 5.
-        # A pair whose t+k frame is another sample's t frame (collate's tk_index) reuses those tokens.
-        need = valid > 0  # (B,)
-        reuse = need & (tk_index >= 0) if tk_index is not None else torch.zeros_like(need)
-        run = need & ~reuse
+                       geometry_tk: torch.Tensor | None, valid: torch.Tensor, plan: TargetPlan,
+                       cache: TargetCache | None, r: int):
+        """Steps 3-5: task tokens (B, K, W) -> repeated current and next tokens (N, K, W), and how many
+        samples' next tokens came from the target pass, from a reused sample, from the cache."""
+        # 3. t+k tokens, no graph, only for the valid pairs (an invalid pair's target is replaced in 5).
+        # A pair whose t+k frame is another sample's t frame (collate's tk_index) reuses those tokens;
+        # the rest run the target pass, which skips the frames a frozen VLM has already seen (cache).
         current = task_tokens.detach()
-        task_tokens_next = current.clone()
-        if bool(reuse.any()):  # a device sync, worth a skipped VLM pass
-            task_tokens_next[reuse] = current[tk_index[reuse]]
-        if bool(run.any()):
-            rows = run.nonzero().flatten().tolist()
+        table = current
+        passed = cached = 0
+        if plan.run:
             with torch.no_grad():
-                geo = None if geometry_tk is None else geometry_tk[rows]
-                task_tokens_next[rows] = self.encode(image_tk[rows], [lang[i] for i in rows], geo).task_tokens
+                computed, cached = self._target_tokens(image_tk, lang, geometry_tk, plan, cache)
+            passed = len(plan.run) - cached
+            table = torch.cat([current, computed])  # (B + n_run, K, W): row B + j is run row j
+        # one gather: sample i takes its own detached tokens (invalid), a reused sample's, or a computed row
+        task_tokens_next = table[torch.tensor(plan.source, device=table.device)]  # (B, K, W)
         # 4. repeat R times -> (N, ...)
         task_tokens_repeated = task_tokens.repeat_interleave(r, 0)  # (N, K, W)
         task_tokens_next_repeated = task_tokens_next.repeat_interleave(r, 0)  # (N, K, W)
@@ -182,7 +201,33 @@ class SAGRPolicy(nn.Module):
         task_tokens_next_repeated = torch.where(
             valid_tk_repeated.view(-1, 1, 1) > 0, task_tokens_next_repeated, task_tokens_repeated.detach()
         )
-        return task_tokens_repeated, task_tokens_next_repeated, run.float().mean(), reuse.float().mean()
+        return task_tokens_repeated, task_tokens_next_repeated, (passed, plan.reused, cached)
+
+    def _target_tokens(self, image_tk: torch.Tensor, lang: list[str], geometry_tk: torch.Tensor | None,
+                       plan: TargetPlan, cache: TargetCache | None) -> tuple[torch.Tensor, int]:
+        """The no-grad target pass over plan.run -> (task tokens (n_run, K, W), how many came from the cache).
+
+        Only the last VLM layer is computed and kept (the anchor reads nothing else)."""
+        rows = plan.run
+        images = image_tk[torch.tensor(rows, device=image_tk.device)]  # (n_run, C, 3, h, w)
+        geometry = None if geometry_tk is None else geometry_tk[torch.tensor(rows, device=geometry_tk.device)]
+        keys = [plan.keys_tk[i] for i in rows] if cache is not None else None
+        entries = cache.get(keys) if cache is not None else [None] * len(rows)
+        miss = [j for j, e in enumerate(entries) if e is None]
+        if len(miss) == len(rows):
+            out = self.backbone(images, [lang[i] for i in rows], all_layers=False)
+            if cache is not None:
+                cache.put(keys, out.last_hidden_state, out.lengths, out.visual_mask, out.text_mask)
+            return self._anchor(out.last_hidden_state, out.visual_mask, out.text_mask, images, geometry), 0
+        if miss:
+            out = self.backbone(images[torch.tensor(miss, device=images.device)], [lang[rows[j]] for j in miss],
+                                all_layers=False)
+            cache.put([keys[j] for j in miss], out.last_hidden_state, out.lengths, out.visual_mask, out.text_mask)
+            for m, j in enumerate(miss):
+                n = out.lengths[m]
+                entries[j] = Entry(out.last_hidden_state[m, :n], out.visual_mask[m, :n], out.text_mask[m, :n])
+        hidden, visual, text = pad_entries(entries)  # (n_run, L, D), (n_run, L), (n_run, L)
+        return self._anchor(hidden, visual, text, images, geometry), len(rows) - len(miss)
 
     def _check_state(self, state: torch.Tensor | None) -> None:
         s = self.config.action_model.state_dim
