@@ -41,6 +41,9 @@ class TrainerConfig:
     sagr_phase_a_steps: int = 0  # phase A: world losses off, fm only
     sagr_phase_b_ramp_steps: int = 0  # phase B: world loss weights ramp linearly to their base values
     fm_only: bool = False  # plain flow-matching baseline: no t+k pass, no world losses
+    # MiB per rank of frozen-VLM outputs (last layer of t+k frames) kept to skip the t+k VLM pass;
+    # used only while every backbone parameter is frozen (freeze_modules: [backbone]); 0 = off
+    target_cache_mb: int = 2048
     lr_scheduler: str = field(default="cosine", metadata={"choices": LR_SCHEDULERS})
     warmup_steps: int = 0
     min_lr_ratio: float = 0.0  # cosine floor, as a fraction of each group's learning rate
@@ -78,7 +81,7 @@ class TrainerConfig:
             if getattr(self, name) < 1:
                 raise ConfigError(f"trainer.{name} must be >= 1, got {getattr(self, name)}")
         for name in ("save_interval", "sagr_phase_a_steps", "sagr_phase_b_ramp_steps", "warmup_steps",
-                     "save_total_limit", "max_grad_norm", "weight_decay", "max_consecutive_skips"):
+                     "save_total_limit", "max_grad_norm", "weight_decay", "max_consecutive_skips", "target_cache_mb"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"trainer.{name} must be >= 0, got {getattr(self, name)}")
         if not 0.0 <= self.min_lr_ratio <= 1.0:

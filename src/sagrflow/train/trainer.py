@@ -23,6 +23,7 @@ from sagrflow.core.batch import Batch
 from sagrflow.core.config import ConfigError, to_dict
 from sagrflow.data.loader import TemporalLoader, build_dataset
 from sagrflow.model.policy import SAGRPolicy
+from sagrflow.model.target_cache import TargetCache
 from sagrflow.train import checkpoint as ckpt
 from sagrflow.train import metrics as m
 from sagrflow.train.config import RunConfig, config_to_yaml, read_yaml, save_config
@@ -33,7 +34,10 @@ from sagrflow.train.stability import NonFiniteError, NonFiniteFinder, first_step
 from sagrflow.train.timing import VlmPassTimer
 
 _DIAGNOSTICS = {"has_image_tk": "debug/temporal/has_image_tk",
-                "task_tokens_next_available": "debug/temporal/task_tokens_next_available"}
+                "task_tokens_next_available": "debug/temporal/task_tokens_next_available",
+                # where the t+k targets came from (shares of the samples): VLM pass, reuse, frozen-VLM cache
+                "target_pass_ratio": "perf/target_pass_ratio", "target_reuse_ratio": "perf/target_reuse_ratio",
+                "target_cache_ratio": "perf/target_cache_ratio"}
 _ABSMAX = ("task_tokens", "pred_velocity", "drift")
 
 
@@ -63,6 +67,7 @@ class Trainer:
         resume_from = ckpt.resolve_resume(t.resume, self.run_dir)
         self.policy = self._build_policy(resume_from)
         freeze(self.policy, t.freeze_modules)
+        self.policy.target_cache = _target_cache(self.policy, t)
         optimizer = build_optimizer(self.policy, t)
         self.scheduler = build_scheduler(optimizer, t)
         self.state = ckpt.TrainState(world_size=acc.num_processes, per_device_batch_size=cfg.data.per_device_batch_size,
@@ -333,6 +338,13 @@ def _on_sigterm(handler):
     if handler is None or threading.current_thread() is not threading.main_thread():
         return None
     return signal.signal(signal.SIGTERM, handler)
+
+
+def _target_cache(policy: SAGRPolicy, t) -> TargetCache | None:
+    """A frozen VLM's t+k outputs are cacheable (model/target_cache.py); the policy checks at every
+    step that the backbone is still frozen and unchanged, and bypasses the cache otherwise."""
+    frozen = not any(p.requires_grad for p in policy.backbone.parameters())
+    return TargetCache(t.target_cache_mb << 20) if frozen and t.target_cache_mb and not t.fm_only else None
 
 
 def _finite(x: float) -> bool:
