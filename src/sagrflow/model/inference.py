@@ -1,6 +1,6 @@
 """Inference helpers of `SAGRPolicy.predict_action`: observation -> tensors, Euler sampling.
 
-Legend: B batch, C cameras, H horizon, A action dim, S state dim, K task tokens, W width.
+Legend: B batch, C cameras, H horizon, A action dim, S state dim, K task tokens, W width, E Euler steps.
 """
 
 from __future__ import annotations
@@ -61,7 +61,10 @@ def sample_chunk(head, enc, state: torch.Tensor | None, residual: torch.Tensor, 
                  generator: torch.Generator | None = None):
     """Euler-integrate the flow from noise (t = 0) to actions (t = 1) -> (B, H, A) normalized, temb at t = 1.
 
-    The DiT's cross-attention keys/values are projected once here and reused by every step.
+    What does not change from step to step is computed once: the DiT's cross-attention
+    keys/values, and the time embeddings of all the steps (they depend on t alone), in one
+    batched call. The drift is skipped when the residual is zero everywhere (no memory yet):
+    `DriftHead` maps a zero residual to exactly zero.
     """
     if num_steps < 1:
         raise ValueError(f"num_inference_timesteps must be >= 1, got {num_steps}")
@@ -74,9 +77,13 @@ def sample_chunk(head, enc, state: torch.Tensor | None, residual: torch.Tensor, 
     x = torch.randn(b, cfg.action_horizon, cfg.action_dim, generator=generator, device=noise_device, dtype=dtype)
     x = x.to(device)
     dt = 1.0 / num_steps
+    times = torch.tensor([i * dt for i in range(num_steps)] + [1.0], device=device, dtype=dtype)  # (E + 1,)
+    t_all = times.view(-1, 1).expand(num_steps + 1, b)  # (E + 1, B)
+    temb_all = head.time(t_all.reshape(-1)).view(num_steps + 1, b, -1)  # (E + 1, B, W)
+    with_drift = bool(residual.any())  # one host read per call, against N drift evaluations
     for i in range(num_steps):
-        t = torch.full((b,), i * dt, device=device, dtype=dtype)
-        temb = head.time(t)
-        v = head.velocity(context, x, temb, state) + head.drift(residual, t, temb)
+        v = head.velocity(context, x, temb_all[i], state)
+        if with_drift:
+            v = v + head.drift(residual, t_all[i], temb_all[i])
         x = x + dt * v
-    return x, head.time(torch.ones(b, device=device, dtype=dtype))
+    return x, temb_all[-1]
