@@ -70,7 +70,9 @@ def sample_chunk(head, enc, state: torch.Tensor | None, residual: torch.Tensor, 
         raise ValueError(f"num_inference_timesteps must be >= 1, got {num_steps}")
     cfg = head.cfg
     b = enc.task_tokens.shape[0]
-    dtype, device = enc.task_tokens.dtype, enc.task_tokens.device
+    # the head's weight dtype, not task_tokens': under autocast those are bf16, and so would be the
+    # time grid (0.1 -> 0.10009765625) and the Euler state that sums all the steps
+    dtype, device = head.action_out.weight.dtype, enc.task_tokens.device
     context = head.prepare_context(enc.vl_embs_list, enc.mask)  # cached for all steps
     # noise is drawn where the generator lives (a CPU generator gives the same chunk on any device)
     noise_device = generator.device if generator is not None else device
