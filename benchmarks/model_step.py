@@ -28,7 +28,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from sagrflow.core import batch as keys
 from sagrflow.core.batch import Batch
+from sagrflow.data.collate import tk_index
 from sagrflow.model.config import FrameworkConfig
 from sagrflow.model.losses import reduce_losses
 from sagrflow.model.policy import SAGRPolicy
@@ -38,7 +40,7 @@ CONFIGS = {
     "tiny": {"llm": (64, 4), "action_model": {}},
     "mid": {"llm": (512, 8), "action_model": {"dit_width": 512, "dit_heads": 8}},
 }
-H, A, S, CAMS, SIDE = 8, 7, 8, 2, 224
+H, A, S, CAMS, SIDE, K = 8, 7, 8, 2, 224, 7
 
 
 def build(name: str, root: Path, device: str) -> SAGRPolicy:
@@ -52,23 +54,39 @@ def build(name: str, root: Path, device: str) -> SAGRPolicy:
     return SAGRPolicy.from_config(cfg).to(device)
 
 
-def fake_batch(b: int, device: str) -> Batch:
+def fake_batch(b: int, device: str, chain_length: int = 1) -> Batch:
+    """Random LIBERO-shaped batch. `chain_length` L > 1 lays it out as the loader's chains do
+    (datasets.vla_data.chain_length): L samples of one episode at t0, t0+k, ..., so a sample's
+    t+k frame is the next one's t frame and collate's tk_index lets the policy reuse its tokens."""
     g = torch.Generator().manual_seed(0)
+    image_t = torch.randint(0, 256, (b, CAMS, 3, SIDE, SIDE), generator=g, dtype=torch.uint8)
+    image_tk = torch.randint(0, 256, (b, CAMS, 3, SIDE, SIDE), generator=g, dtype=torch.uint8)
+    member = torch.arange(b) % chain_length
+    follows = torch.nonzero(member[:-1] < chain_length - 1).flatten()  # samples whose next one is at their t+k
+    image_tk[follows] = image_t[follows + 1]
+    episode, frame = torch.arange(b) // chain_length, member * K
+    samples = [{keys.EPISODE_INDEX: int(e), keys.FRAME_INDEX: int(f), keys.TEMPORAL_DELTA_K: K, keys.VALID_TK: 1.0}
+               for e, f in zip(episode, frame, strict=True)]
     return Batch(
-        image_t=torch.randint(0, 256, (b, CAMS, 3, SIDE, SIDE), generator=g, dtype=torch.uint8),
-        image_tk=torch.randint(0, 256, (b, CAMS, 3, SIDE, SIDE), generator=g, dtype=torch.uint8),
+        image_t=image_t, image_tk=image_tk,
         valid_tk=torch.ones(b), action=torch.randn(b, H, A, generator=g), action_mask=torch.ones(b, H),
-        temporal_delta_k=torch.full((b,), 7), dataset_index=torch.zeros(b, dtype=torch.long),
-        episode_index=torch.arange(b), frame_index=torch.zeros(b, dtype=torch.long),
+        temporal_delta_k=torch.full((b,), K), dataset_index=torch.zeros(b, dtype=torch.long),
+        episode_index=episode, frame_index=frame,
         lang=tuple(["pick up the black bowl and place it on the plate"] * b),
         state_t=torch.randn(b, S, generator=g), state_tk=torch.randn(b, S, generator=g),
+        tk_index=tk_index(samples),
     ).to(device)
 
 
-def train_step(policy: SAGRPolicy, batch: Batch, fm_only: bool) -> None:
-    out = policy(batch, fm_only=fm_only)
-    total, _ = reduce_losses(out, policy.config.action_model.loss_weights)
+def train_step(policy: SAGRPolicy, batch: Batch, fm_only: bool, optimizer: torch.optim.Optimizer | None = None,
+               dtype: torch.dtype | None = None) -> None:
+    """Forward and backward (autocast to `dtype` when given, as the trainer does), then the optimizer step if any."""
+    with torch.autocast(batch.action.device.type, dtype=dtype, enabled=dtype is not None):
+        out = policy(batch, fm_only=fm_only)
+        total, _ = reduce_losses(out, policy.config.action_model.loss_weights)
     total.backward()
+    if optimizer is not None:
+        optimizer.step()
     policy.zero_grad(set_to_none=True)
 
 
