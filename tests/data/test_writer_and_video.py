@@ -70,12 +70,13 @@ def test_writer_rejects_bad_episodes(tmp_path):
 def test_decoder_cache_is_bounded_and_reuses_open_files(dataset_root):
     reader = LeRobotReader(dataset_root("v2.1", "h264"))
     paths = [ep.videos["observation.images.image"].path for ep in reader.episodes]
-    cache = DecoderCache("pyav", capacity=2)
-    for p in paths:
-        cache.frames_at(p, [0.0, 0.2])
-        cache.frames_at(p, [0.1])
-    assert len(cache) == 2
-    assert cache.opened == len(paths)  # each file opened once while it stayed in the cache
+    for index_capacity in (0, 2):  # open readers only; packet tables (which hold no file open)
+        cache = DecoderCache("pyav", capacity=2, index_capacity=index_capacity)
+        for p in paths:
+            cache.frames_at(p, [0.0, 0.2])
+            cache.frames_at(p, [0.1])
+        assert len(cache) == (2 if index_capacity == 0 else 0)
+        assert cache.opened == len(paths)  # each file opened once while it stayed in the cache
 
 
 def test_one_call_decodes_several_timestamps_in_request_order(dataset_root):
@@ -119,3 +120,64 @@ def test_pyav_reader_is_frame_exact_with_and_without_a_keyframe_index(dataset_ro
         tk = min(t + int(rng.integers(1, 8)), e.length - 1)
         got = video.frames_at([start + tk / 10, start + t / 10])
         assert [decode_id_image(f)[:2] for f in got] == [(e.index, tk), (e.index, t)]
+
+
+@pytest.mark.parametrize("fmt", [f for f in FORMATS if f[1]], ids=format_id)
+def test_packet_reader_matches_the_container_reader_pixel_for_pixel(dataset_root, fmt):
+    from sagrflow.data.packets import PacketReader, SharedDecoder, read_packet_table
+    from sagrflow.data.video import PyAVReader
+
+    reader = LeRobotReader(dataset_root(*fmt))
+    path = reader.episodes[0].videos["observation.images.image"].path
+    eps = [e for e in reader.episodes if e.videos["observation.images.image"].path == path]
+    table = read_packet_table(path)
+    assert table is not None and table.keyframe[0]
+    decoders = {}
+    packets = PacketReader(table, lambda key: decoders.setdefault(key, SharedDecoder(key)))
+    container = PyAVReader(path)
+    rng = np.random.default_rng(1)
+    for _ in range(30):  # random (t, t+k) pairs in both orders, and repeats
+        e = eps[rng.integers(len(eps))]
+        start = e.videos["observation.images.image"].from_timestamp
+        t = int(rng.integers(e.length))
+        tk = min(t + int(rng.integers(0, 8)), e.length - 1)
+        ts = [start + tk / 10, start + t / 10]
+        got = packets.frames_at(ts)
+        assert [decode_id_image(f)[:2] for f in got] == [(e.index, tk), (e.index, t)]
+        np.testing.assert_array_equal(got, container.frames_at(ts))
+    with pytest.raises(DataError, match="outside the video"):
+        packets.frames_at([start + e.length])
+
+
+def test_files_share_one_decoder_and_interleaved_reads_stay_exact(dataset_root):
+    reader = LeRobotReader(dataset_root("v2.1", "av1"))
+    cache = DecoderCache("pyav")
+    cams = ["observation.images.image", "observation.images.wrist_image"]
+    for ep, cam, t in [(0, 0, 5), (4, 1, 0), (0, 1, 1), (2, 0, 6), (0, 0, 6), (0, 0, 2)]:  # one decoder, files alternating
+        got = cache.frames_at(reader.episodes[ep].videos[cams[cam]].path, [t / 10, 0.2])
+        assert [decode_id_image(f) for f in got] == [(ep, t, cam), (ep, 2, cam)]
+    assert len(cache._decoders) == 1
+
+
+def test_b_frame_videos_fall_back_to_the_container_reader(tmp_path):
+    import av
+
+    from sagrflow.data.packets import read_packet_table
+    from sagrflow.data.synthetic import encode_id_image
+
+    path = tmp_path / "bframes.mp4"
+    with av.open(str(path), "w") as out:
+        stream = out.add_stream("libx264", rate=10)
+        stream.width = stream.height = 64
+        stream.pix_fmt = "yuv420p"
+        stream.codec_context.gop_size = 8
+        stream.codec_context.max_b_frames = 2
+        for i in range(20):
+            frame = av.VideoFrame.from_ndarray(encode_id_image(0, i, 0, (64, 64)), format="rgb24")
+            out.mux(stream.encode(frame))
+        out.mux(stream.encode(None))
+    assert read_packet_table(path) is None  # reordered frames: the index alone cannot say which packet shows when
+    cache = DecoderCache("pyav")
+    got = cache.frames_at(path, [1.3, 0.4, 1.9])
+    assert [decode_id_image(f)[1] for f in got] == [13, 4, 19]
+    assert len(cache) == 1

@@ -5,7 +5,7 @@ from __future__ import annotations
 import hashlib
 import os
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Hashable
 from pathlib import Path
 from typing import Generic, TypeVar
 
@@ -15,40 +15,42 @@ V = TypeVar("V")
 class ProcessLocalLRU(Generic[V]):
     """A bounded LRU of opened resources, private to the process that opened them.
 
+    Keys are paths (a str is taken as a Path) or any hashable; `open_fn` may return None
+    (remembered like any value: "this key has nothing to open").
+
     DataLoader workers fork the parent; an open file handle must never be shared
     across that fork, so the cache empties itself when it sees a new pid. Pickling
     (spawn-started workers) ships the settings, not the handles.
     """
 
-    def __init__(self, open_fn: Callable[[Path], V], capacity: int, close_fn: Callable[[V], None] | None = None):
+    def __init__(self, open_fn: Callable[[Hashable], V], capacity: int, close_fn: Callable[[V], None] | None = None):
         if capacity < 1:
             raise ValueError(f"cache capacity must be >= 1, got {capacity}")
         self.open_fn = open_fn
         self.close_fn = close_fn
         self.capacity = capacity
-        self._items: OrderedDict[Path, V] = OrderedDict()
+        self._items: OrderedDict[Hashable, V] = OrderedDict()
         self._pid = os.getpid()
         self.opened = 0  # files opened by this process: lets tests and benchmarks see reuse
 
     def __len__(self) -> int:
         return len(self._items)
 
-    def get(self, path: str | Path) -> V:
+    def get(self, key: Hashable) -> V:
         if os.getpid() != self._pid:
             self._items = OrderedDict()  # inherited from the parent: drop, never close
             self._pid = os.getpid()
             self.opened = 0
-        path = Path(path)
-        item = self._items.get(path)
-        if item is not None:
-            self._items.move_to_end(path)
-            return item
-        item = self.open_fn(path)
+        key = Path(key) if isinstance(key, str) else key
+        if key in self._items:
+            self._items.move_to_end(key)
+            return self._items[key]
+        item = self.open_fn(key)
         self.opened += 1
-        self._items[path] = item
+        self._items[key] = item
         if len(self._items) > self.capacity:
             _, evicted = self._items.popitem(last=False)
-            if self.close_fn is not None:
+            if self.close_fn is not None and evicted is not None:
                 self.close_fn(evicted)
         return item
 

@@ -1,13 +1,15 @@
-"""Video decoding behind one interface: PyAV or torchcodec, with a per-process LRU of open files.
+"""Video decoding behind one interface: PyAV or torchcodec, through a per-process `DecoderCache`.
 
 One call decodes every timestamp a sample needs from one file (t and t+k), so a
-sample costs one seek per file, not one open + seek per frame. Frames come back as
-uint8 `(N, h, w, 3)` numpy arrays in the order the timestamps were asked for.
+sample costs one seek per file, not one open + seek per frame; with PyAV and an mp4
+whose index can drive decoding, not even an open (see `sagrflow.data.packets`).
+Frames come back as uint8 `(N, h, w, 3)` numpy arrays in the order the timestamps
+were asked for.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from functools import partial
 from pathlib import Path
 from typing import Protocol
@@ -16,10 +18,11 @@ import numpy as np
 
 from sagrflow.data.cache import ProcessLocalLRU
 from sagrflow.data.errors import DataError
+from sagrflow.data.packets import PacketReader, SharedDecoder, read_packet_table
+from sagrflow.data.seek import SeekingReader
 
 BACKENDS = ("pyav", "torchcodec")
-# Without a keyframe index, decoding on beats a seek only for targets this close ahead.
-_UNINDEXED_FORWARD_FRAMES = 2
+_SHARED_DECODERS = 4  # codec setups (codec, extradata, size) a process keeps a decoder for
 
 
 class VideoReader(Protocol):
@@ -38,16 +41,17 @@ def _check_file(path: Path) -> None:
         raise DataError(path, "video file is empty (truncated write?)")
 
 
-class PyAVReader:
-    """Frame-accurate random access with PyAV.
+class PyAVReader(SeekingReader):
+    """Frame-accurate random access with PyAV, through an open container.
 
     On open, the packets of files up to `index_limit_bytes` are demuxed once (no
-    decoding) to learn where the keyframes are. A request then decodes forward from the
-    current position when no keyframe lies in between, and otherwise seeks straight to
-    the keyframe before the target: the fewest frames decoded either way. Larger files
-    (big v3.0 shards) are not read whole at open; there a request decodes forward only
-    to the next couple of frames and otherwise seeks. One reformatter is kept per file so the
-    yuv -> rgb conversion context is built once, not once per frame.
+    decoding) to learn where the keyframes are; a request then decodes forward when no
+    keyframe lies in between and otherwise seeks straight to the keyframe before the
+    target. Larger files (big v3.0 shards) are not read whole at open; there a request
+    decodes forward only to the next couple of frames and otherwise seeks. One
+    reformatter is kept per file so the yuv -> rgb context is built once, not per frame.
+    `DecoderCache` prefers the lighter `PacketReader`; this reader serves the files that
+    one cannot (no usable container index, frame reordering).
     """
 
     def __init__(self, path: str | Path, tolerance_s: float = 1e-3, index_limit_bytes: int = 64 << 20):
@@ -70,27 +74,13 @@ class PyAVReader:
         except (av.error.FFmpegError, IndexError) as exc:
             raise DataError(self.path, f"cannot open video ({exc})", "the mp4 is truncated or corrupt; re-encode it") from exc
         self._reformatter = VideoReformatter()
-        self._frames = None  # live decode iterator
-        self._last_time = None  # time of the last frame the iterator returned
-        self._last_frame = None
+        self._init_position()
 
     def _index_keyframes(self) -> np.ndarray:
         times = [p.pts * self._time_base for p in self._container.demux(self._stream) if p.pts is not None and p.is_keyframe]
         if not times:
             raise IndexError("no keyframe in the video stream")
         return np.sort(np.asarray(times))
-
-    def _keyframe_before(self, target_s: float) -> float:
-        i = np.searchsorted(self._keyframes, target_s + self.tolerance_s, side="right") - 1
-        return float(self._keyframes[max(i, 0)])
-
-    def _continue_forward(self, target_s: float) -> bool:
-        """Is decoding on from the current position no worse than seeking to `target_s`?"""
-        if self._frames is None or self._last_time is None or target_s <= self._last_time + self.tolerance_s:
-            return False
-        if self._keyframes is None:
-            return target_s - self._last_time <= _UNINDEXED_FORWARD_FRAMES * self._frame_s + self.tolerance_s
-        return self._keyframe_before(target_s) <= self._last_time + self.tolerance_s
 
     def _seek(self, target_s: float) -> None:
         """Position the decoder at the last keyframe at or before `target_s`."""
@@ -101,50 +91,13 @@ class PyAVReader:
             self._container.seek(offset, stream=self._stream, backward=True, any_frame=False)
         except av.error.FFmpegError as exc:
             raise DataError(self.path, f"seek to {target_s:.4f}s failed ({exc})") from exc
-        self._frames = self._container.decode(self._stream)
-        self._last_time = self._last_frame = None
+        self._init_position()
+        self._frames = self._timed(self._container.decode(self._stream))
 
-    def _to_rgb(self, frame) -> np.ndarray:  # -> (h, w, 3) uint8
-        return self._reformatter.reformat(frame, format="rgb24").to_ndarray()
-
-    def _decode_one(self, target_s: float) -> np.ndarray:
-        import av
-
-        if self._last_frame is not None and abs(self._last_time - target_s) <= self.tolerance_s:
-            return self._to_rgb(self._last_frame)
-        if not self._continue_forward(target_s):
-            self._seek(target_s if self._keyframes is None else self._keyframe_before(target_s))
-        last_seen = None
-        try:
-            for frame in self._frames:
-                if frame.pts is None:
-                    continue
-                t = frame.pts * self._time_base
-                self._last_time, self._last_frame = t, frame
-                last_seen = t
-                if t < target_s - self.tolerance_s:
-                    continue
-                if t <= target_s + self.tolerance_s:
-                    return self._to_rgb(frame)
-                raise DataError(
-                    self.path,
-                    f"no frame at timestamp {target_s:.4f}s (next frame is at {t:.4f}s)",
-                    "timestamps in the parquet disagree with the video; re-encode or fix the timestamp column",
-                )
-        except av.error.FFmpegError as exc:
-            raise DataError(self.path, f"decoding failed near {target_s:.4f}s ({exc})", "the mp4 is truncated or corrupt") from exc
-        self._frames = self._last_time = self._last_frame = None
-        where = f"last frame at {last_seen:.4f}s" if last_seen is not None else "no frame after the seek point"
-        raise DataError(self.path, f"timestamp {target_s:.4f}s is outside the video ({where})")
-
-    def frames_at(self, timestamps: Sequence[float]) -> np.ndarray:  # -> (N, h, w, 3) uint8
-        order = np.argsort(np.asarray(timestamps, dtype=np.float64), kind="stable")
-        decoded: dict[float, np.ndarray] = {}
-        for i in order:
-            ts = float(timestamps[i])
-            if ts not in decoded:
-                decoded[ts] = self._decode_one(ts)
-        return np.stack([decoded[float(ts)] for ts in timestamps])
+    def _timed(self, frames) -> Iterator[tuple[float, object]]:
+        for frame in frames:
+            if frame.pts is not None:
+                yield frame.pts * self._time_base, frame
 
     def close(self) -> None:
         self._container.close()
@@ -209,19 +162,42 @@ def _close(reader: VideoReader) -> None:
 
 
 class DecoderCache:
-    """A bounded LRU of open video readers, one per process (see `ProcessLocalLRU`)."""
+    """Where a process's frames come from: packet tables first, open readers for the rest.
 
-    def __init__(self, backend: str = "pyav", capacity: int = 16):
+    With the pyav backend, each file's `PacketTable` is read once per process and kept
+    for up to `index_capacity` files (~40 bytes per frame: a LIBERO-sized dataset of
+    ~3400 files x ~150 frames holds ~20 MB per worker); decoders are shared by the files
+    of one codec setup (see `sagrflow.data.packets`). Files whose container index cannot
+    drive decoding, and every file under torchcodec, go through a bounded LRU of
+    `capacity` open readers (each holds a file handle and a decoder). `index_capacity=0`
+    sends every file through that LRU.
+    """
+
+    def __init__(self, backend: str = "pyav", capacity: int = 16, index_capacity: int = 16384):
         _reader_class(backend)  # an unknown backend fails here, not in the first worker
         self.backend = backend
         self._lru = ProcessLocalLRU(partial(open_video, backend=backend), capacity, _close)
+        self._tables = None
+        if backend == "pyav" and index_capacity > 0:
+            self._tables = ProcessLocalLRU(self._packet_reader, index_capacity, _close)
+            self._decoders = ProcessLocalLRU(SharedDecoder, _SHARED_DECODERS, SharedDecoder.close)
+
+    def _packet_reader(self, path: Path) -> PacketReader | None:
+        _check_file(path)
+        table = read_packet_table(path)
+        return None if table is None else PacketReader(table, self._decoders.get)
 
     @property
     def opened(self) -> int:
-        return self._lru.opened
+        """Files opened by this process (to read a packet table, or as an open reader)."""
+        return self._lru.opened + (self._tables.opened if self._tables is not None else 0)
 
     def __len__(self) -> int:
+        """Open readers held (packet tables hold no file)."""
         return len(self._lru)
 
     def frames_at(self, path: str | Path, timestamps: Sequence[float]) -> np.ndarray:  # (N, h, w, 3) uint8
-        return self._lru.get(path).frames_at(timestamps)
+        reader = self._tables.get(path) if self._tables is not None else None
+        if reader is None:
+            reader = self._lru.get(path)
+        return reader.frames_at(timestamps)
