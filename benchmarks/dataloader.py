@@ -49,14 +49,16 @@ def naive_frame(path, ts: float) -> np.ndarray:  # -> (h, w, 3) uint8
 
 
 def samples_per_second(dataset, workers: int, samples: int, batch_size: int, seed: int) -> float:
-    order = np.random.default_rng(seed).permutation(len(dataset))[: samples + batch_size]
+    warmup = max(workers, 1)  # batch i comes from worker i % workers: one from each means all have started
+    order = np.random.default_rng(seed).permutation(len(dataset))[: samples + warmup * batch_size]
     loader = DataLoader(
         dataset, batch_size=batch_size, sampler=order.tolist(), num_workers=workers, collate_fn=collate,
         persistent_workers=False, prefetch_factor=4 if workers else None,
         multiprocessing_context="forkserver" if workers else None,  # as TemporalLoader does
     )
     it = iter(loader)
-    next(it)  # worker start-up and first decode are not throughput
+    for _ in range(warmup):  # worker start-up (imports, first opens) is not throughput
+        next(it)
     start = time.perf_counter()
     n = sum(b.batch_size for b in it)
     return n / (time.perf_counter() - start)

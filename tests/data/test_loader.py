@@ -52,7 +52,7 @@ def test_workers_and_main_process_give_identical_batches(cfg):
     one = list(itertools.islice(TemporalLoader(ds, cfg), 4))
     two = list(itertools.islice(TemporalLoader(ds, replace(cfg, num_workers=2)), 4))
     for x, y in zip(one, two, strict=True):
-        assert torch.equal(x.image_tk, y.image_tk) and torch.equal(x.action, y.action)
+        assert torch.equal(x.image_t, y.image_t) and torch.equal(x.image_tk, y.image_tk) and torch.equal(x.action, y.action)
 
 
 def test_too_small_mix_is_an_error(cfg):

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Sequence
 
 import torch
+from torch.utils.data import get_worker_info
 
 from sagrflow.core import batch as keys
 from sagrflow.core.batch import Batch
@@ -14,11 +16,22 @@ Tokenizer = Callable[[list[str]], tuple[torch.Tensor, torch.Tensor]]
 
 
 def _images(samples: Sequence[dict], key: str) -> torch.Tensor:  # -> (B, C, 3, h, w) uint8
-    try:
-        return torch.stack([torch.stack(s[key]) for s in samples])
-    except RuntimeError as exc:
-        shapes = sorted({tuple(img.shape) for s in samples for img in s[key]})
-        raise ValueError(f"cannot batch {key}: images of shapes {shapes}; set one image_size for the mix") from exc
+    """One copy per batch: every camera image straight into the batch tensor, which in a
+    DataLoader worker lives in shared memory already (as torch's default_collate does), so
+    handing it to the main process copies nothing more."""
+    images = [img for s in samples for img in s[key]]  # B*C of (3, h, w)
+    cameras = {len(s[key]) for s in samples}
+    shapes = {tuple(img.shape) for img in images}
+    if len(cameras) != 1 or len(shapes) != 1:
+        raise ValueError(f"cannot batch {key}: images of shapes {sorted(shapes)}, cameras per sample {sorted(cameras)}; "
+                         "set one image_size for the mix (and one camera list)")
+    shape = (len(samples), cameras.pop(), *shapes.pop())
+    out = None
+    if get_worker_info() is not None:
+        storage = images[0]._typed_storage()._new_shared(math.prod(shape), device=images[0].device)
+        out = images[0].new(storage).resize_(shape)
+    flat = torch.stack(images, out=None if out is None else out.view(-1, *shape[2:]))  # (B*C, 3, h, w)
+    return flat.view(shape) if out is None else out
 
 
 def tk_index(samples: Sequence[dict]) -> torch.Tensor:  # -> (B,) int64
