@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -156,7 +157,7 @@ class SAGRPolicy(nn.Module):
         out = {k: head_out[k].view(b, r).mean(1) for k in ("loss_fm", "loss_dyn", "loss_geo", "loss_reg")}
         out["valid_tk"] = valid
         with torch.no_grad():
-            flag = valid.new_tensor
+            flag = partial(valid.new_full, ())  # a fill kernel: no host-to-device copy
             passed, reused, cached = (flag(c / b) for c in counts)
             out.update({
                 "valid_tk_ratio": (valid > 0).float().mean(),
@@ -192,7 +193,7 @@ class SAGRPolicy(nn.Module):
             passed = len(plan.run) - cached
             table = torch.cat([current, computed])  # (B + n_run, K, W): row B + j is run row j
         # one gather: sample i takes its own detached tokens (invalid), a reused sample's, or a computed row
-        task_tokens_next = table[torch.tensor(plan.source, device=table.device)]  # (B, K, W)
+        task_tokens_next = table[_index(plan.source, table.device)]  # (B, K, W)
         # 4. repeat R times -> (N, ...)
         task_tokens_repeated = task_tokens.repeat_interleave(r, 0)  # (N, K, W)
         task_tokens_next_repeated = task_tokens_next.repeat_interleave(r, 0)  # (N, K, W)
@@ -209,8 +210,8 @@ class SAGRPolicy(nn.Module):
 
         Only the last VLM layer is computed and kept (the anchor reads nothing else)."""
         rows = plan.run
-        images = image_tk[torch.tensor(rows, device=image_tk.device)]  # (n_run, C, 3, h, w)
-        geometry = None if geometry_tk is None else geometry_tk[torch.tensor(rows, device=geometry_tk.device)]
+        images = image_tk[_index(rows, image_tk.device)]  # (n_run, C, 3, h, w)
+        geometry = None if geometry_tk is None else geometry_tk[_index(rows, geometry_tk.device)]
         keys = [plan.keys_tk[i] for i in rows] if cache is not None else None
         entries = cache.get(keys) if cache is not None else [None] * len(rows)
         miss = [j for j, e in enumerate(entries) if e is None]
@@ -220,8 +221,7 @@ class SAGRPolicy(nn.Module):
                 cache.put(keys, out.last_hidden_state, out.lengths, out.visual_mask, out.text_mask)
             return self._anchor(out.last_hidden_state, out.visual_mask, out.text_mask, images, geometry), 0
         if miss:
-            out = self.backbone(images[torch.tensor(miss, device=images.device)], [lang[rows[j]] for j in miss],
-                                all_layers=False)
+            out = self.backbone(images[_index(miss, images.device)], [lang[rows[j]] for j in miss], all_layers=False)
             cache.put([keys[j] for j in miss], out.last_hidden_state, out.lengths, out.visual_mask, out.text_mask)
             for m, j in enumerate(miss):
                 n = out.lengths[m]
@@ -322,6 +322,11 @@ class SAGRPolicy(nn.Module):
         if problems:
             raise RuntimeError(f"strict load of {src / WEIGHTS_FILE} failed:\n  " + "\n  ".join(problems))
         return policy.to(device)
+
+
+def _index(rows: list[int], device: torch.device) -> torch.Tensor:
+    # non_blocking: a host list copied without waiting for the queued VLM passes (no stream sync)
+    return torch.tensor(rows, dtype=torch.long).to(device, non_blocking=True)
 
 
 def _field(batch, name: str, legacy: str):
