@@ -5,9 +5,13 @@ images resized to 224x224) from one generated dataset, through a torch DataLoade
 with 1 and 2 workers. The naive baseline opens the mp4 anew for every frame and
 decodes t and t+k separately, as a loader without a decoder cache does.
 
-    python benchmarks/dataloader.py [--episodes 50] [--samples 384] [--codec h264]
+    python benchmarks/dataloader.py [--episodes 50] [--samples 384] [--codec h264] [--version v3.0]
+                                    [--chain-length 4]
 
-Prints samples/s (median of --repeats runs), samples/s per worker, and the ratio.
+Prints samples/s (median of --repeats runs), samples/s per worker, and the ratio. Each
+run starts fresh workers and times from the point where every worker has delivered a
+batch, so sagrflow's per-worker packet tables are read inside the timed window (about
+one file open per video file and worker, as in a first epoch).
 """
 
 from __future__ import annotations
@@ -48,11 +52,26 @@ def naive_frame(path, ts: float) -> np.ndarray:  # -> (h, w, 3) uint8
     raise ValueError(f"{path}: no frame at {ts}")
 
 
-def samples_per_second(dataset, workers: int, samples: int, batch_size: int, seed: int) -> float:
+def sample_order(dataset: TemporalDataset, n: int, chain_length: int, seed: int) -> list[int]:
+    """n dataset indices: uniformly random steps, or chains t0, t0+k, ... in one episode, as
+    MixtureDataset draws them with datasets.vla_data.chain_length."""
+    rng = np.random.default_rng(seed)
+    if chain_length == 1:
+        return rng.permutation(len(dataset))[:n].tolist()
+    k, out = dataset.embodiment.k, []
+    while len(out) < n:
+        episode, t0 = dataset.locate(int(rng.integers(len(dataset))))
+        length, start = dataset.reader.episodes[episode].length, int(dataset.reader.episode_starts[episode])
+        t0 = max(0, min(t0, length - 1 - (chain_length - 1) * k))
+        out += [start + min(t0 + i * k, length - 1) for i in range(chain_length)]
+    return out[:n]
+
+
+def samples_per_second(dataset, workers: int, samples: int, batch_size: int, seed: int, chain_length: int = 1) -> float:
     warmup = max(workers, 1)  # batch i comes from worker i % workers: one from each means all have started
-    order = np.random.default_rng(seed).permutation(len(dataset))[: samples + warmup * batch_size]
+    order = sample_order(dataset, samples + warmup * batch_size, chain_length, seed)
     loader = DataLoader(
-        dataset, batch_size=batch_size, sampler=order.tolist(), num_workers=workers, collate_fn=collate,
+        dataset, batch_size=batch_size, sampler=order, num_workers=workers, collate_fn=collate,
         persistent_workers=False, prefetch_factor=4 if workers else None,
         multiprocessing_context="forkserver" if workers else None,  # as TemporalLoader does
     )
@@ -71,10 +90,12 @@ def main() -> None:
     parser.add_argument("--image", type=int, default=256, help="stored image side (LIBERO: 256)")
     parser.add_argument("--samples", type=int, default=384)
     parser.add_argument("--batch-size", type=int, default=16)
-    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--repeats", type=int, default=5, help="runs per loader, interleaved; the median is printed")
     parser.add_argument("--codec", default="h264", choices=["h264", "av1"])
     parser.add_argument("--version", default="v2.1", choices=["v2.1", "v3.0"])
     parser.add_argument("--decoder-cache", type=int, default=64, help="open files kept per worker")
+    parser.add_argument("--chain-length", type=int, default=1,
+                        help="samples per chain t0, t0+k, ... (datasets.vla_data.chain_length); 1: independent samples")
     parser.add_argument("--root", type=Path, default=None, help="where to write the dataset (default: a temp dir)")
     args = parser.parse_args()
 
@@ -83,7 +104,7 @@ def main() -> None:
     write_synthetic(root, [args.length] * args.episodes, video_codec=args.codec, version=args.version,
                     image_size=(args.image, args.image))
     print(f"dataset: {args.episodes} episodes x {args.length} frames, 2 cameras {args.image}px {args.codec} "
-          f"{args.version}, decoder cache {args.decoder_cache} files/worker, written in {time.perf_counter() - t0:.1f}s -> {root}")
+          f"{args.version}, decoder cache {args.decoder_cache} files/worker, chain length {args.chain_length}, written in {time.perf_counter() - t0:.1f}s -> {root}")
     emb = get_embodiment("libero_franka")  # (0, 7) observations, 8x7 actions, 224x224 images
     ours = TemporalDataset(root, emb, include_state=True, decoder_cache_size=args.decoder_cache)
     naive = NaiveTemporalDataset(root, emb, include_state=True)
@@ -92,8 +113,8 @@ def main() -> None:
     for workers in (1, 2):
         a, b = [], []
         for r in range(args.repeats):  # interleaved so drift in machine load hits both alike
-            a.append(samples_per_second(ours, workers, args.samples, args.batch_size, seed=r))
-            b.append(samples_per_second(naive, workers, args.samples, args.batch_size, seed=r))
+            a.append(samples_per_second(ours, workers, args.samples, args.batch_size, r, args.chain_length))
+            b.append(samples_per_second(naive, workers, args.samples, args.batch_size, r, args.chain_length))
         ma, mb = statistics.median(a), statistics.median(b)
         print(f"{workers:>7} {ma:>13.1f} {ma / workers:>11.1f} {mb:>10.1f} {mb / workers:>11.1f} {ma / mb:>5.2f}x")
 

@@ -21,7 +21,7 @@ class VlaDataConfig:
     image_size: tuple[int, ...] | None = None  # (h, w); None keeps each embodiment's
     observation_indices: tuple[int, ...] | None = None  # None keeps each embodiment's
     num_workers: int = 2
-    decoder_cache_size: int = 64  # open video files kept per worker
+    decoder_cache_size: int = 64  # open video files kept per worker (mp4s read by packet index hold none: data/packets.py)
     chain_length: int = 1  # samples per episode chain t, t+k, ... (see data/mixtures.py); 1 = independent draws
     seed: int = 0
 

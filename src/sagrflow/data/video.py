@@ -22,7 +22,9 @@ from sagrflow.data.packets import PacketReader, SharedDecoder, read_packet_table
 from sagrflow.data.seek import SeekingReader
 
 BACKENDS = ("pyav", "torchcodec")
-_SHARED_DECODERS = 4  # codec setups (codec, extradata, size) a process keeps a decoder for
+# codec setups (codec, extradata, size) a process keeps a decoder for: a mix of a few datasets
+# x cameras; each decoder holds a few frames of its size
+_SHARED_DECODERS = 16
 
 
 class VideoReader(Protocol):
