@@ -178,6 +178,13 @@ def test_time_is_never_sampled_at_the_endpoints():
     assert t.min() > 0.0 and t.max() < 1.0
 
 
+def test_time_leans_toward_the_noise_end():
+    """Density 1.5 * sqrt(1 - t): P(t < 0.5) = 1 - 0.5 ** 1.5 = 0.646, mean 0.4 (the observation-driven end)."""
+    t = sample_time(200_000, 1e-3)
+    assert abs(float((t < 0.5).float().mean()) - (1 - 0.5**1.5)) < 0.01
+    assert abs(float(t.mean()) - 0.4) < 0.01
+
+
 def test_state_changes_the_velocity(policy):
     """Guards against the cross-attention-only DiT in which the state token never reaches the actions."""
     batch = make_batch()

@@ -20,10 +20,13 @@ from torch import nn
 def sample_time(n: int, eps: float, device: torch.device | None = None) -> torch.Tensor:
     """(n,) flow time in [eps, 1 - eps]: never the noise or the data endpoint.
 
-    Beta(1.5, 1) leans toward clean data (t = 1), where the velocity matters most.
+    t = 1 - u with u ~ Beta(1.5, 1): density 1.5 * sqrt(1 - t), leaning toward the noise end
+    (t = 0), as pi0 and GR00T sample it. Near t = 0 the noisy chunk says almost nothing about
+    the actions, so only the observation can: that is where the policy learns to look.
+    Leaning toward clean data instead lets the head learn to denoise while ignoring the images.
     """
     u = torch.distributions.Beta(torch.tensor(1.5), torch.tensor(1.0)).sample((n,)).to(device)
-    return (eps + (1.0 - 2.0 * eps) * u).clamp(eps, 1.0 - eps)
+    return (1.0 - eps - (1.0 - 2.0 * eps) * u).clamp(eps, 1.0 - eps)
 
 
 def key_padding_bias(mask: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
