@@ -86,6 +86,7 @@ def main() -> None:
     iters = args.iters or (3 if args.small else 20)
     args.dtype = args.dtype or ("bf16" if args.device.startswith("cuda") else "fp32")
     dtype = torch.bfloat16 if args.dtype == "bf16" else None
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")  # transformers' weight-loading bars, per build
     start = time.perf_counter()
     policy = build(name, Path(tempfile.mkdtemp(prefix="sagrflow-gpu-check-")), args.device)
     built = time.perf_counter() - start
