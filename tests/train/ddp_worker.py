@@ -29,7 +29,9 @@ def main() -> None:
     trainer = Trainer(load_config(None, overrides))
     trainer.fit()
     acc = trainer.accelerator
+    cache = trainer.policy.target_cache
     torch.save({"weights": {n: p.detach().clone() for n, p in trainer.policy.named_parameters()},
+                "cache_hits": None if cache is None else cache.hits,
                 "world_size": acc.num_processes, "distributed_type": str(acc.distributed_type),
                 "position": trainer.loader.position.state_dict()}, f"{out}/rank{acc.process_index}.pt")
 
