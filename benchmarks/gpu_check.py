@@ -12,7 +12,7 @@ On model_step.py's "mid" random config (Qwen2.5-VL language model of 8 layers x 
 It prints a compact table and writes gpu_check.json to $OUT (or --out) when set.
 
     python3 benchmarks/gpu_check.py                       # CUDA, mid config, batch 16
-    python3 benchmarks/gpu_check.py --device cpu --small  # quick rehearsal: tiny config, batch 4, few iterations
+    python3 benchmarks/gpu_check.py --device cpu --small --threads 1  # quick rehearsal: tiny config, batch 4
 """
 
 from __future__ import annotations
@@ -77,10 +77,13 @@ def main() -> None:
     parser.add_argument("--iters", type=int, default=None, help="timed runs per mode (default 20, 3 with --small)")
     parser.add_argument("--dtype", default=None, choices=["bf16", "fp32"],
                         help="autocast dtype (fp32: none); default bf16 on CUDA, fp32 on CPU (where bf16 is emulated, slow)")
+    parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
     parser.add_argument("--out", type=Path, default=Path(os.environ["OUT"]) if os.environ.get("OUT") else None)
     args = parser.parse_args()
     if args.device.startswith("cuda") and not torch.cuda.is_available():
         raise SystemExit("no CUDA device here: run with --device cpu --small for the CPU rehearsal")
+    if args.threads:
+        torch.set_num_threads(args.threads)
     name = "tiny" if args.small else "mid"
     batch_size = args.batch_size or (4 if args.small else 16)
     iters = args.iters or (3 if args.small else 20)
