@@ -58,18 +58,23 @@ class Entry:
 
 def backbone_version(backbone: nn.Module) -> Hashable | None:
     """What must be equal for two passes of `backbone` to agree; None when it is not frozen."""
+    signature = _signature(backbone)
+    if signature is None or (backbone.training and _has_dropout(backbone)):
+        return None
+    return signature
+
+
+def _signature(backbone: nn.Module) -> Hashable | None:
     params = []
     for p in backbone.parameters():
         if p.requires_grad:
             return None
-        params.append((p.data_ptr(), p._version, p.dtype, p.device, tuple(p.shape)))
-    if backbone.training and _has_dropout(backbone):
-        return None
+        params.append((p.data_ptr(), p._version, p.dtype, p.device, p.shape))
     buffers = tuple((b.data_ptr(), b.dtype, b.device) for b in backbone.buffers())
     device = params[0][3].type if params else "cpu"
     autocast = (torch.is_autocast_enabled(device), torch.get_autocast_dtype(device)) if device != "meta" else None
     fingerprint = backbone.preprocessing_fingerprint() if hasattr(backbone, "preprocessing_fingerprint") else ""
-    return hash((tuple(params), buffers, autocast, fingerprint))
+    return hash((tuple(params), buffers, autocast, fingerprint, backbone.training))
 
 
 def _has_dropout(module: nn.Module) -> bool:
@@ -104,7 +109,11 @@ class TargetCache:
 
     def usable(self, backbone: nn.Module) -> bool:
         """True when `backbone` is frozen; empties the cache when its version changed (or it trains)."""
-        version = backbone_version(backbone)
+        version = _signature(backbone)
+        if version is not None and version == self._version:  # the common case: no dropout scan
+            return True
+        if version is not None and backbone.training and _has_dropout(backbone):
+            version = None
         if version is None or version != self._version:
             self.clear()
             self._version = version
