@@ -24,6 +24,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from sagrflow.model.pixels import qwen_pixels
+
 ARCHS = ("qwen2_5_vl", "qwen3_vl", "llava")
 TINY_PREFIX = "tiny:"
 
@@ -157,12 +159,15 @@ class VLMBackbone(nn.Module):
         return (pixels["image_grid_thw"].prod(-1) // merge**2).tolist()
 
     def prepare_inputs(self, images: torch.Tensor, lang: Sequence[str]) -> dict[str, torch.Tensor]:
-        """(B, C, 3, h, w) uint8 + B instructions -> the VLM's keyword inputs (CPU tensors)."""
+        """(B, C, 3, h, w) uint8 + B instructions -> the VLM's keyword inputs (host tensors, except
+        Qwen pixel values made by `pixels.qwen_pixels`, which stay on the images' device)."""
         b, c = images.shape[:2]
         if len(lang) != b:
             raise ValueError(f"{len(lang)} instructions for a batch of {b}")
-        flat = images.reshape(b * c, *images.shape[2:]).cpu()  # (N, 3, h, w)
-        pixels = dict(self.image_processor(images=list(flat), return_tensors="pt"))
+        flat = images.reshape(b * c, *images.shape[2:])  # (N, 3, h, w)
+        pixels = None if self.arch == "llava" else qwen_pixels(flat, self.image_processor)
+        if pixels is None:  # a size the processor resizes, or LLaVA: the transformers processor, on the host
+            pixels = dict(self.image_processor(images=list(flat.cpu()), return_tensors="pt"))
         per_image = self._tokens_per_image(pixels)
         texts = [self._prompt(per_image[i * c:(i + 1) * c], text) for i, text in enumerate(lang)]
         tok = self.tokenizer(texts, padding=True, return_tensors="pt", add_special_tokens=True)

@@ -27,7 +27,8 @@ def _no_resize(h: int, w: int, factor: int, min_pixels: int | None, max_pixels: 
 
 def qwen_pixels(images: torch.Tensor, processor) -> dict[str, torch.Tensor] | None:
     """(N, 3, h, w) uint8 images and a Qwen2-VL-style image processor ->
-    {"pixel_values": (N * h/p * w/p, 3 * T * p * p) float32, "image_grid_thw": (N, 3) int64},
+    {"pixel_values": (N * h/p * w/p, 3 * T * p * p) float32 on the images' device,
+    "image_grid_thw": (N, 3) int64 on the host},
     or None when the processor would resize these images (the caller then runs the processor).
     """
     p, m, tp = processor.patch_size, processor.merge_size, processor.temporal_patch_size
@@ -45,5 +46,5 @@ def qwen_pixels(images: torch.Tensor, processor) -> dict[str, torch.Tensor] | No
     x = x.permute(0, 2, 5, 3, 6, 1, 4, 7)  # (N, gh/m, gw/m, m, m, C, p, p): merge groups stay contiguous
     x = x.unsqueeze(6).expand(n, gh // m, gw // m, m, m, c, tp, p, p)  # a still image repeats over time
     pixel_values = x.reshape(n * gh * gw, c * tp * p * p)
-    grid = torch.tensor([[1, gh, gw]] * n, dtype=torch.int64, device=images.device)
+    grid = torch.tensor([[1, gh, gw]] * n, dtype=torch.int64)  # metadata, read on the host
     return {"pixel_values": pixel_values, "image_grid_thw": grid}
