@@ -46,3 +46,26 @@ def test_drift_is_bounded_vanishes_at_clean_data_and_is_zero_without_residual():
     assert (out.abs() <= bound + 1e-7).all() and out[3].abs().max() == 0
     assert out[0].abs().max() > 0
     assert drift(torch.zeros_like(residual), t, temb).abs().max() == 0
+
+
+def test_teacher_world_prediction_once_per_sample_equals_every_repeat():
+    """With teacher actions the R repeats of a sample are identical world-predictor rows: the head predicts
+    once per sample and repeats; losses and gradients equal running every row."""
+    from sagrflow.model.action_head import ActionHead
+
+    torch.manual_seed(0)
+    b, r = 3, 2
+    cfg = ActionModelConfig(dit_width=16, dit_heads=2, state_dim=8, repeated_diffusion_steps=r, world_depth=1)
+    head = ActionHead(cfg, vlm_dim=16, depth=1)
+    vl, mask = [torch.randn(b, 5, 16)], torch.ones(b, 5, dtype=torch.bool)
+    actions, state = torch.randn(b, 8, 7).repeat_interleave(r, 0), torch.randn(b, 8).repeat_interleave(r, 0)
+    tokens = torch.randn(b, 4, 16, requires_grad=True)
+    tokens_next = torch.randn(b, 4, 16).repeat_interleave(r, 0)
+    valid, amask = torch.ones(b * r), torch.ones(b * r, 8)
+    out = head(vl, actions, state, mask, tokens.repeat_interleave(r, 0), tokens_next, valid, amask, repeats=r)
+    (grad,) = torch.autograd.grad(out["loss_dyn"].sum(), tokens)
+    every_row = head.predict_next(tokens.repeat_interleave(r, 0), actions, state, None)
+    expected = (every_row - tokens_next).pow(2).mean(dim=(1, 2))
+    (expected_grad,) = torch.autograd.grad(expected.sum(), tokens)
+    torch.testing.assert_close(out["loss_dyn"], expected)
+    torch.testing.assert_close(grad, expected_grad)

@@ -148,7 +148,12 @@ class ActionHead(nn.Module):
                     "loss_geo": zeros, "loss_reg": zeros, "pred_velocity": v_pred,
                     "drift": torch.zeros_like(v_pred), "t": t}
         noisy = self.cfg.world_action_source == "noisy"
-        pred_next = self.predict_next(task_tokens, x_t if noisy else actions, state, temb if noisy else None)
+        if noisy or repeats == 1:
+            pred_next = self.predict_next(task_tokens, x_t if noisy else actions, state, temb if noisy else None)
+        else:  # teacher actions: the R repeats of a sample are identical rows, so predict once and repeat
+            first = slice(None, None, repeats)  # row r*i is sample i's first repeat
+            once = self.predict_next(task_tokens[first], actions[first], None if state is None else state[first], None)
+            pred_next = once.repeat_interleave(repeats, 0)  # (N, K, W); backward sums the R copies, as before
         residual = task_tokens_next - pred_next  # (N, K, W)
         drift = self.drift(residual, t, temb)
         v_final = v_pred + drift
