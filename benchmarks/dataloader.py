@@ -109,14 +109,17 @@ def main() -> None:
     ours = TemporalDataset(root, emb, include_state=True, decoder_cache_size=args.decoder_cache)
     naive = NaiveTemporalDataset(root, emb, include_state=True)
 
-    print(f"{'workers':>7} {'sagrflow s/s':>13} {'per worker':>11} {'naive s/s':>10} {'per worker':>11} {'ratio':>6}")
+    print(f"{'workers':>7} {'sagrflow s/s':>13} {'per worker':>11} {'naive s/s':>10} {'per worker':>11} {'ratio':>6}"
+          "  ratio of each interleaved pair (min/median/max)")
     for workers in (1, 2):
         a, b = [], []
         for r in range(args.repeats):  # interleaved so drift in machine load hits both alike
             a.append(samples_per_second(ours, workers, args.samples, args.batch_size, r, args.chain_length))
             b.append(samples_per_second(naive, workers, args.samples, args.batch_size, r, args.chain_length))
         ma, mb = statistics.median(a), statistics.median(b)
-        print(f"{workers:>7} {ma:>13.1f} {ma / workers:>11.1f} {mb:>10.1f} {mb / workers:>11.1f} {ma / mb:>5.2f}x")
+        pairs = sorted(x / y for x, y in zip(a, b, strict=True))
+        print(f"{workers:>7} {ma:>13.1f} {ma / workers:>11.1f} {mb:>10.1f} {mb / workers:>11.1f} {ma / mb:>5.2f}x"
+              f"  {pairs[0]:.2f} / {statistics.median(pairs):.2f} / {pairs[-1]:.2f}")
 
 
 if __name__ == "__main__":
