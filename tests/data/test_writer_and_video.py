@@ -147,6 +147,7 @@ def test_packet_reader_matches_the_container_reader_pixel_for_pixel(dataset_root
         np.testing.assert_array_equal(got, container.frames_at(ts))
     with pytest.raises(DataError, match="outside the video"):
         packets.frames_at([start + e.length])
+    assert decode_id_image(packets.frames_at([start])[0])[:2] == (e.index, 0)  # the drained decoder is usable again
 
 
 def test_files_share_one_decoder_and_interleaved_reads_stay_exact(dataset_root):
