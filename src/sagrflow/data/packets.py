@@ -49,7 +49,7 @@ def read_packet_table(path: Path) -> PacketTable | None:
         with av.open(str(path)) as container:
             stream = container.streams.video[0]
             cc = stream.codec_context
-            entries = list(getattr(stream, "index_entries", None) or [])  # PyAV >= 16
+            entries = list(getattr(stream, "index_entries", None) or [])  # absent in older PyAV: container path
             if not entries or cc.has_b_frames or any(e.is_discard for e in entries) or not entries[0].is_keyframe:
                 return None
             first = next(iter(container.demux(stream)), None)

@@ -56,7 +56,7 @@ class SeekingReader:
         # the DataLoader workers are the parallelism, as for the decoders
         try:
             return self._reformatter.reformat(frame, format="rgb24", threads=1).to_ndarray()
-        except TypeError:  # PyAV < 14: no threads argument, and swscale runs on this thread anyway
+        except TypeError:  # older PyAV: no threads argument (its sws_scale runs on this thread anyway)
             return self._reformatter.reformat(frame, format="rgb24").to_ndarray()
 
     def _decode_one(self, target_s: float) -> np.ndarray:
