@@ -140,12 +140,13 @@ def test_teacher_and_noisy_feed_the_world_predictor_differently(tiny_dir):
         seeded_forward(policy, batch)
         hook.remove()
     r = 2
-    teacher_actions = seen["teacher"][0][1]
-    noisy_actions = seen["noisy"][0][1]
-    assert torch.equal(teacher_actions, batch.action.repeat_interleave(r, 0))
-    assert not torch.allclose(noisy_actions, teacher_actions)
+    teacher_actions = seen["teacher"][0][1]  # once per sample: its R repeats are identical rows
+    noisy_actions = seen["noisy"][0][1]  # every repeat: each has its own noise and time
+    assert torch.equal(teacher_actions, batch.action)
+    assert noisy_actions.shape[0] == r * batch.action.shape[0]
+    assert not torch.allclose(noisy_actions, teacher_actions.repeat_interleave(r, 0))
     assert seen["teacher"][0][3] is None and seen["noisy"][0][3] is not None  # only noisy sees the time
-    assert not torch.allclose(seen["teacher"][1], seen["noisy"][1])
+    assert not torch.allclose(seen["teacher"][1].repeat_interleave(r, 0), seen["noisy"][1])
 
 
 def test_loss_weights_are_applied(policy):
