@@ -104,6 +104,8 @@ def train(cfg: DemoConfig, data_root: Path, run_dir: Path) -> Path:
         "trainer.sagr_phase_b_ramp_steps": cfg.ramp,
         "trainer.fm_only": cfg.ablate == "fm_only",
         "trainer.learning_rate.base": cfg.learning_rate,
+        # the tiny backbone starts from random weights: nothing pretrained to protect with a lower rate
+        "trainer.learning_rate.backbone": cfg.learning_rate,
         "trainer.warmup_steps": max(1, cfg.train_steps // 20),
         "trainer.log_interval": max(1, min(10, cfg.train_steps // 50)),
         "trainer.output_dir": str(run_dir),
