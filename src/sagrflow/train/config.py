@@ -153,7 +153,7 @@ TINY_CPU: dict[str, Any] = {
     "trainer": {
         "max_train_steps": 200,
         "save_interval": 100,
-        "learning_rate": {"base": 3.0e-4, "backbone": 1.0e-4},
+        "learning_rate": {"base": 3.0e-4, "backbone": 3.0e-4},
         "freeze_modules": [],
         "gradient_accumulation_steps": 1,
         "sagr_phase_a_steps": 20,
