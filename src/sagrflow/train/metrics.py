@@ -24,7 +24,8 @@ LOSS_DEBUG = ("debug/loss/weight_dyn", "debug/loss/weight_geo", "debug/loss/weig
 # --- the rest: each loss, grad norm, lr, throughput, the two VLM passes, stability -----
 LOSSES = ("loss/total", "loss/fm", "loss/dyn", "loss/geo", "loss/reg")
 OPTIM = ("optim/grad_norm", "optim/lr")  # plus optim/lr/<group> for each parameter group
-PERF = ("perf/samples_per_s", "perf/step_time_s", "perf/data_time_s", "perf/vlm_t_time_s", "perf/vlm_tk_time_s")
+PERF = ("perf/samples_per_s", "perf/step_time_s", "perf/data_time_s", "perf/vlm_t_time_s", "perf/vlm_tk_time_s",
+        "perf/target_pass_ratio", "perf/target_reuse_ratio", "perf/target_cache_ratio")  # where t+k targets came from
 STABILITY = ("stability/skipped_steps", "stability/step_skipped")
 MAGNITUDES = ("debug/absmax/task_tokens", "debug/absmax/pred_velocity", "debug/absmax/drift")
 ALL = TEMPORAL + SCHEDULE + LOSS_DEBUG + LOSSES + OPTIM + PERF + STABILITY + MAGNITUDES
