@@ -67,20 +67,27 @@ def sample_order(dataset: TemporalDataset, n: int, chain_length: int, seed: int)
     return out[:n]
 
 
-def samples_per_second(dataset, workers: int, samples: int, batch_size: int, seed: int, chain_length: int = 1) -> float:
-    warmup = max(workers, 1)  # batch i comes from worker i % workers: one from each means all have started
-    order = sample_order(dataset, samples + warmup * batch_size, chain_length, seed)
+def loader_throughput(dataset, order: list[int], batch_size: int, workers: int, collate_fn, warmup: int,
+                      size=lambda batch: batch.batch_size) -> float:
+    """Samples/s of a DataLoader over `order` after `warmup` batches (worker start-up and first
+    opens are not throughput); `size(batch)` counts a batch's samples."""
     loader = DataLoader(
-        dataset, batch_size=batch_size, sampler=order, num_workers=workers, collate_fn=collate,
+        dataset, batch_size=batch_size, sampler=order, num_workers=workers, collate_fn=collate_fn,
         persistent_workers=False, prefetch_factor=4 if workers else None,
         multiprocessing_context="forkserver" if workers else None,  # as TemporalLoader does
     )
     it = iter(loader)
-    for _ in range(warmup):  # worker start-up (imports, first opens) is not throughput
+    for _ in range(warmup):
         next(it)
     start = time.perf_counter()
-    n = sum(b.batch_size for b in it)
+    n = sum(size(b) for b in it)
     return n / (time.perf_counter() - start)
+
+
+def samples_per_second(dataset, workers: int, samples: int, batch_size: int, seed: int, chain_length: int = 1) -> float:
+    warmup = max(workers, 1)  # batch i comes from worker i % workers: one from each means all have started
+    order = sample_order(dataset, samples + warmup * batch_size, chain_length, seed)
+    return loader_throughput(dataset, order, batch_size, workers, collate, warmup)
 
 
 def main() -> None:

@@ -29,8 +29,9 @@ import time
 from pathlib import Path
 
 import numpy as np
-from torch.utils.data import DataLoader, default_collate
+from torch.utils.data import default_collate
 
+from dataloader import loader_throughput  # benchmarks/ is on sys.path when run as a script
 from sagrflow.data.collate import collate
 from sagrflow.data.dataset import TemporalDataset
 from sagrflow.data.embodiments import get_embodiment
@@ -93,14 +94,8 @@ def same_samples(ours: TemporalDataset, theirs, indices: list[int]) -> None:
 def samples_per_second(dataset, collate_fn, workers: int, samples: int, batch_size: int, seed: int) -> float:
     """Samples/s after the first batch (worker start-up and first decodes are not throughput)."""
     order = np.random.default_rng(seed).permutation(len(dataset))[: samples + batch_size]
-    loader = DataLoader(dataset, batch_size=batch_size, sampler=order.tolist(), num_workers=workers,
-                        collate_fn=collate_fn, prefetch_factor=4 if workers else None,
-                        multiprocessing_context="forkserver" if workers else None)  # as TemporalLoader does
-    it = iter(loader)
-    next(it)
-    start = time.perf_counter()
-    n = sum(len(b["index"]) if isinstance(b, dict) else b.batch_size for b in it)
-    return n / (time.perf_counter() - start)
+    return loader_throughput(dataset, order.tolist(), batch_size, workers, collate_fn, warmup=1,
+                             size=lambda b: len(b["index"]) if isinstance(b, dict) else b.batch_size)
 
 
 def main() -> None:
