@@ -111,6 +111,7 @@ class PacketReader(SeekingReader):
         self.table = table
         self.tolerance_s = tolerance_s
         self._decoder_for = decoder_for
+        self._time_base = table.time_base
         self._times = table.pts * table.time_base  # (P,) s
         self._keyframe_ids = np.flatnonzero(table.keyframe)
         self._keyframes = self._times[self._keyframe_ids]
@@ -165,11 +166,6 @@ class PacketReader(SeekingReader):
                 yield from self._timed(codec.decode(packet))
             i = end
         yield from self._timed(codec.decode(None))
-
-    def _timed(self, frames) -> Iterator[tuple[float, object]]:
-        for frame in frames:
-            if frame.pts is not None:
-                yield frame.pts * self.table.time_base, frame
 
     def close(self) -> None:
         self._decoder = self._frames = None

@@ -21,12 +21,13 @@ _UNINDEXED_FORWARD_FRAMES = 2
 
 class SeekingReader:
     """Subclasses set `_keyframes` (sorted keyframe times in s, or None when unknown), `_frame_s`,
-    `_reformatter`, and implement `_seek` (point `_frames` at the keyframe before a time)."""
+    `_time_base` (s per pts unit), `_reformatter`, and implement `_seek` (point `_frames` at the keyframe before a time)."""
 
     path: Path
     tolerance_s: float
     _keyframes: np.ndarray | None
     _frame_s: float
+    _time_base: float
 
     def _init_position(self) -> None:
         self._frames: Iterator | None = None  # live decode iterator
@@ -50,6 +51,12 @@ class SeekingReader:
         if self._keyframes is None:
             return target_s - self._last_time <= _UNINDEXED_FORWARD_FRAMES * self._frame_s + self.tolerance_s
         return self._keyframe_before(target_s) <= self._last_time + self.tolerance_s
+
+    def _timed(self, frames) -> Iterator[tuple[float, object]]:
+        """Decoded frames -> (time in s, frame), skipping frames without a timestamp."""
+        for frame in frames:
+            if frame.pts is not None:
+                yield frame.pts * self._time_base, frame
 
     def _to_rgb(self, frame) -> np.ndarray:  # -> (h, w, 3) uint8
         # swscale's own thread pool (threads=0: one per core) costs 2-3x on a busy machine:

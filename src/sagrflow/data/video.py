@@ -9,7 +9,7 @@ were asked for.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from functools import partial
 from pathlib import Path
 from typing import Protocol
@@ -95,11 +95,6 @@ class PyAVReader(SeekingReader):
             raise DataError(self.path, f"seek to {target_s:.4f}s failed ({exc})") from exc
         self._init_position()
         self._frames = self._timed(self._container.decode(self._stream))
-
-    def _timed(self, frames) -> Iterator[tuple[float, object]]:
-        for frame in frames:
-            if frame.pts is not None:
-                yield frame.pts * self._time_base, frame
 
     def close(self) -> None:
         self._container.close()
