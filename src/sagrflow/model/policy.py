@@ -215,14 +215,14 @@ class SAGRPolicy(nn.Module):
         keys = [plan.keys_tk[i] for i in rows] if cache is not None else None
         entries = cache.get(keys) if cache is not None else [None] * len(rows)
         miss = [j for j, e in enumerate(entries) if e is None]
-        if len(miss) == len(rows):
-            out = self.backbone(images, [lang[i] for i in rows], all_layers=False)
-            if cache is not None:
-                cache.put(keys, out.last_hidden_state, out.lengths, out.visual_mask, out.text_mask)
-            return self._anchor(out.last_hidden_state, out.visual_mask, out.text_mask, images, geometry), 0
         if miss:
-            out = self.backbone(images[_index(miss, images.device)], [lang[rows[j]] for j in miss], all_layers=False)
-            cache.put([keys[j] for j in miss], out.last_hidden_state, out.lengths, out.visual_mask, out.text_mask)
+            every = len(miss) == len(rows)
+            out = self.backbone(images if every else images[_index(miss, images.device)],
+                                [lang[rows[j]] for j in miss], all_layers=False)
+            if cache is not None:
+                cache.put([keys[j] for j in miss], out.last_hidden_state, out.lengths, out.visual_mask, out.text_mask)
+            if every:  # nothing from the cache: the pass's own padded rows feed the anchor
+                return self._anchor(out.last_hidden_state, out.visual_mask, out.text_mask, images, geometry), 0
             for m, j in enumerate(miss):
                 n = out.lengths[m]
                 entries[j] = Entry(out.last_hidden_state[m, :n], out.visual_mask[m, :n], out.text_mask[m, :n])

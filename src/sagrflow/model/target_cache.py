@@ -109,12 +109,10 @@ class TargetCache:
 
     def usable(self, backbone: nn.Module) -> bool:
         """True when `backbone` is frozen; empties the cache when its version changed (or it trains)."""
-        version = _signature(backbone)
-        if version is not None and version == self._version:  # the common case: no dropout scan
+        if self._version is not None and _signature(backbone) == self._version:  # the common case: no dropout scan
             return True
-        if version is not None and backbone.training and _has_dropout(backbone):
-            version = None
-        if version is None or version != self._version:
+        version = backbone_version(backbone)
+        if version != self._version:
             self.clear()
             self._version = version
         return version is not None
