@@ -182,3 +182,32 @@ def test_b_frame_videos_fall_back_to_the_container_reader(tmp_path):
     got = cache.frames_at(path, [1.3, 0.4, 1.9])
     assert [decode_id_image(f)[1] for f in got] == [13, 4, 19]
     assert len(cache) == 1
+
+
+def test_packet_tables_are_kept_on_disk_and_follow_file_changes(dataset_root, tmp_path, monkeypatch):
+    import shutil
+
+    from sagrflow.data import packets
+
+    reader = LeRobotReader(dataset_root("v2.1", "h264"))
+    src = reader.episodes[3].videos["observation.images.wrist_image"].path
+    path = tmp_path / "video.mp4"
+    shutil.copy(src, path)
+    tables = tmp_path / "tables"
+    first = DecoderCache("pyav", table_dir=tables).frames_at(path, [0.0, 0.2])
+    assert [decode_id_image(f) for f in first] == [(3, 0, 1), (3, 2, 1)]
+    assert len(list(tables.glob("*.npz"))) == 1
+
+    def no_mp4_reads(p):
+        raise AssertionError(f"read {p} although its table is cached")
+
+    monkeypatch.setattr(packets, "read_packet_table", no_mp4_reads)
+    again = DecoderCache("pyav", table_dir=tables)  # a new process (worker, run) loads the saved table
+    assert np.array_equal(again.frames_at(path, [0.0, 0.2]), first)
+    assert again._tables.get(path) is not None  # served by the packet reader, not the container fallback
+    monkeypatch.undo()
+
+    shutil.copy(reader.episodes[1].videos["observation.images.wrist_image"].path, path)  # the file changes
+    changed = DecoderCache("pyav", table_dir=tables).frames_at(path, [0.1])
+    assert decode_id_image(changed[0]) == (1, 1, 1)
+    assert len(list(tables.glob("*.npz"))) == 2

@@ -18,7 +18,7 @@ import numpy as np
 
 from sagrflow.data.cache import ProcessLocalLRU
 from sagrflow.data.errors import DataError
-from sagrflow.data.packets import PacketReader, SharedDecoder, read_packet_table
+from sagrflow.data.packets import PacketReader, SharedDecoder, cached_packet_table
 from sagrflow.data.seek import SeekingReader
 
 BACKENDS = ("pyav", "torchcodec")
@@ -167,12 +167,15 @@ class DecoderCache:
     of one codec setup (see `sagrflow.data.packets`). Files whose container index cannot
     drive decoding, and every file under torchcodec, go through a bounded LRU of
     `capacity` open readers (each holds a file handle and a decoder). `index_capacity=0`
-    sends every file through that LRU.
+    sends every file through that LRU. `table_dir` keeps the packet tables on disk across
+    processes and runs (None: read from each mp4 in each process).
     """
 
-    def __init__(self, backend: str = "pyav", capacity: int = 16, index_capacity: int = 16384):
+    def __init__(self, backend: str = "pyav", capacity: int = 16, index_capacity: int = 16384,
+                 table_dir: Path | None = None):
         _reader_class(backend)  # an unknown backend fails here, not in the first worker
         self.backend = backend
+        self.table_dir = table_dir
         self._lru = ProcessLocalLRU(partial(open_video, backend=backend), capacity, _close)
         self._tables = None
         if backend == "pyav" and index_capacity > 0:
@@ -181,7 +184,7 @@ class DecoderCache:
 
     def _packet_reader(self, path: Path) -> PacketReader | None:
         _check_file(path)
-        table = read_packet_table(path)
+        table = cached_packet_table(path, self.table_dir)
         return None if table is None else PacketReader(table, self._decoders.get)
 
     @property

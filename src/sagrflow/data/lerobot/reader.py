@@ -55,7 +55,8 @@ class LeRobotReader:
         self.numeric_keys = [
             k for k, f in self.meta.features.items() if f.get("dtype") in _NUMERIC and len(f.get("shape") or [1]) == 1
         ]
-        self._decoders = DecoderCache(video_backend, decoder_cache_size)
+        self._decoders = DecoderCache(video_backend, decoder_cache_size,
+                                      table_dir=derived_path(self.root, "packets") if use_cache else None)
         self._image_columns = ProcessLocalLRU(self._open_image_file, capacity=4)
         lengths = np.array([e.length for e in self.meta.episodes], dtype=np.int64)
         self.episode_starts = np.concatenate([[0], np.cumsum(lengths)])  # row offsets of each episode
