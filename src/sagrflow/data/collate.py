@@ -18,20 +18,28 @@ Tokenizer = Callable[[list[str]], tuple[torch.Tensor, torch.Tensor]]
 def _images(samples: Sequence[dict], key: str) -> torch.Tensor:  # -> (B, C, 3, h, w) uint8
     """One copy per batch: every camera image straight into the batch tensor, which in a
     DataLoader worker lives in shared memory already (as torch's default_collate does), so
-    handing it to the main process copies nothing more."""
+    handing it to the main process copies nothing more.
+
+    The batch keeps the workers' channels-last memory: shape (B, C, 3, h, w), strides of a
+    (B, C, h, w, 3) buffer. Images resized by `to_chw_uint8(contiguous=False)` are such
+    views, so the copy is a plain memcpy per image instead of a byte-wise transpose (which
+    cost more than the resize); the model reads the pixels through `reshape` / elementwise
+    ops, which accept any layout.
+    """
     images = [img for s in samples for img in s[key]]  # B*C of (3, h, w)
     cameras = {len(s[key]) for s in samples}
     shapes = {tuple(img.shape) for img in images}
     if len(cameras) != 1 or len(shapes) != 1:
         raise ValueError(f"cannot batch {key}: images of shapes {sorted(shapes)}, cameras per sample {sorted(cameras)}; "
                          "set one image_size for the mix (and one camera list)")
-    shape = (len(samples), cameras.pop(), *shapes.pop())
+    c3, h, w = shapes.pop()
+    shape = (len(samples) * cameras.pop(), h, w, c3)  # (B*C, h, w, 3)
     out = None
     if get_worker_info() is not None:
         storage = images[0]._typed_storage()._new_shared(math.prod(shape), device=images[0].device)
         out = images[0].new(storage).resize_(shape)
-    flat = torch.stack(images, out=None if out is None else out.view(-1, *shape[2:]))  # (B*C, 3, h, w)
-    return flat.view(shape) if out is None else out
+    flat = torch.stack([img.permute(1, 2, 0) for img in images], out=out)  # (B*C, h, w, 3)
+    return flat.view(len(samples), -1, h, w, c3).permute(0, 1, 4, 2, 3)  # (B, C, 3, h, w)
 
 
 def tk_index(samples: Sequence[dict]) -> torch.Tensor:  # -> (B,) int64

@@ -188,7 +188,7 @@ class TemporalDataset(Dataset):
         frame_ids = np.array([t, tk] if tk != t else [t])
         image_t, image_tk = [], []
         for cam in self.cameras:
-            # channels-last views: collate's stack makes them contiguous in its one copy
+            # channels-last views: collate copies them, layout kept, in its one copy
             frames = to_chw_uint8(self._frames(episode, cam, frame_ids), emb.image_size, contiguous=False)  # (1|2, 3, h, w)
             image_t.append(frames[0])
             image_tk.append(frames[-1])
