@@ -40,7 +40,7 @@ class DatasetSpec:
     robot_type: str = "unknown"
     version: str = "v2.1"
     video_codec: str | None = "h264"
-    gop: int = 4
+    gop: int = 2  # keyframe interval: LeRobot's own encoder default (g=2), for random access
     crf: int = 18
     state_key: str = "observation.state"
     action_key: str = "action"
