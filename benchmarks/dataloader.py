@@ -10,8 +10,10 @@ decodes t and t+k separately, as a loader without a decoder cache does.
 
 Prints samples/s (median of --repeats runs), samples/s per worker, and the ratio. Each
 run starts fresh workers and times from the point where every worker has delivered a
-batch, so sagrflow's per-worker packet tables are read inside the timed window (about
-one file open per video file and worker, as in a first epoch).
+batch, so each worker's loading of the packet tables falls inside the timed window. The
+first sagrflow run reads them from the mp4s and saves them next to the dataset (as a
+first epoch on new data does); the later runs load the saved tables, as every later
+worker and training run does.
 """
 
 from __future__ import annotations
