@@ -139,15 +139,23 @@ class DiTBlock(nn.Module):
     """Self-attention over [state, actions], cross-attention to one VLM layer, MLP; AdaLN(time) before each.
 
     Self-attention is what lets the state token reach the action tokens: a stack of
-    cross-attention-only blocks would ignore it.
+    cross-attention-only blocks would ignore it. The VLM layer is layer-normalized before
+    its keys/values (as GR00T N1.5 normalizes its backbone features): inner layers are raw
+    residual streams, where image tokens can outweigh the instruction's by orders of
+    magnitude, so the instruction's keys would otherwise be almost all bias.
     """
 
     def __init__(self, width: int, heads: int, vlm_dim: int):
         super().__init__()
         self.norm_self, self.norm_cross, self.norm_mlp = (AdaLN(width, width) for _ in range(3))
         self.self_attn = Attention(width, heads)
+        self.norm_ctx = nn.LayerNorm(vlm_dim)
         self.cross_attn = Attention(width, heads, kv_dim=vlm_dim)
         self.mlp = mlp(width)
+
+    def project_context(self, h: torch.Tensor, mask: torch.Tensor) -> KV:
+        """(N, L, D) VLM layer, (N, L) keep-mask -> this block's cross-attention keys/values."""
+        return self.cross_attn.project_kv(self.norm_ctx(h), mask)
 
     def forward(self, x: torch.Tensor, temb: torch.Tensor, ctx: KV) -> torch.Tensor:
         """x (N, T, W), temb (N, W), ctx: this block's projected VLM layer -> (N, T, W)."""
@@ -168,7 +176,7 @@ class LayerwiseDiT(nn.Module):
         """One (N, L, D) tensor per block and the (N, L) keep-mask -> cached keys/values per block."""
         if len(vl_embs_list) != len(self.blocks):
             raise ValueError(f"{len(vl_embs_list)} VLM layers for a DiT of {len(self.blocks)} blocks")
-        return [blk.cross_attn.project_kv(h, mask) for blk, h in zip(self.blocks, vl_embs_list, strict=True)]
+        return [blk.project_context(h, mask) for blk, h in zip(self.blocks, vl_embs_list, strict=True)]
 
     def forward(self, x: torch.Tensor, temb: torch.Tensor, context: list[KV]) -> torch.Tensor:
         """x (N, T, W), temb (N, W) -> (N, T, W)."""
