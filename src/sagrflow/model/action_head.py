@@ -15,6 +15,7 @@ from torch import nn
 from sagrflow.model.config import ActionModelConfig
 from sagrflow.model.dit import KV, LayerwiseDiT, TimeEmbedding, TransformerLayer, sample_time
 from sagrflow.model.losses import masked_fm_loss
+from sagrflow.model.observation import ObservationSummary
 
 
 class WorldPredictor(nn.Module):
@@ -80,6 +81,7 @@ class ActionHead(nn.Module):
         self.action_pos = nn.Parameter(torch.randn(cfg.action_horizon, w) * 0.02)  # (H, W)
         self.state_in = nn.Linear(cfg.state_dim, w) if cfg.state_dim else None
         self.dit = LayerwiseDiT(depth, w, cfg.dit_heads, vlm_dim)
+        self.observation = ObservationSummary(vlm_dim, w, cfg.observation_basis) if cfg.observation_basis else None
         self.action_out = nn.Linear(w, cfg.action_dim)
         self.world = WorldPredictor(cfg)
         self.drift = DriftHead(cfg)
@@ -89,9 +91,16 @@ class ActionHead(nn.Module):
     def prepare_context(self, vl_embs_list: list[torch.Tensor], mask: torch.Tensor) -> list[KV]:
         return self.dit.prepare_context(vl_embs_list, mask)
 
+    def observe(self, vlm) -> torch.Tensor | None:
+        """A `BackboneOutput` -> the observation summary (B, W) that joins the time embedding, or None."""
+        if self.observation is None:
+            return None
+        return self.observation(vlm.last_hidden_state.to(self.action_out.weight.dtype), vlm.visual_mask, vlm.visual_pos)
+
     def velocity(self, context: list[KV], x_t: torch.Tensor, temb: torch.Tensor,
                  state: torch.Tensor | None) -> torch.Tensor:
-        """x_t (N, H, A), temb (N, W), state (N, S) -> predicted velocity (N, H, A)."""
+        """x_t (N, H, A), temb (N, W) (time embedding plus observation summary), state (N, S)
+        -> predicted velocity (N, H, A)."""
         tokens = self.action_in(x_t) + self.action_pos  # (N, H, W)
         if self.state_in is not None:
             tokens = torch.cat([self.state_in(state).unsqueeze(1), tokens], dim=1)  # (N, 1 + H, W)
@@ -120,6 +129,7 @@ class ActionHead(nn.Module):
         action_mask: torch.Tensor,  # (N, H)
         repeats: int = 1,
         world: bool = True,
+        observation: torch.Tensor | None = None,  # (B, W) `observe`'s summary, one row per sample
     ) -> dict[str, torch.Tensor]:
         """Per-sample (N,) losses fm, dyn, geo, reg and the tensors the diagnostics read.
 
@@ -141,7 +151,8 @@ class ActionHead(nn.Module):
         tt = t.view(-1, 1, 1)
         x_t = ((1 - tt) * noise + tt * actions).to(actions.dtype)  # (N, H, A)
         temb = self.time(t)  # (N, W)
-        v_pred = self.velocity(context, x_t, temb, state)
+        cond = temb if observation is None else temb + observation.repeat_interleave(repeats, 0)
+        v_pred = self.velocity(context, x_t, cond, state)
         if not world:
             zeros = torch.zeros(n, dtype=v_pred.dtype, device=v_pred.device)
             return {"loss_fm": masked_fm_loss(v_pred, actions - noise, action_mask), "loss_dyn": zeros,

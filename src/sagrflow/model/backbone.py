@@ -39,6 +39,8 @@ class BackboneOutput:
     visual_mask: torch.Tensor  # (B, L) bool, True at image tokens
     text_mask: torch.Tensor  # (B, L) bool, True at non-padding, non-image tokens
     lengths: list[int]  # B real (non-padding) token counts, read on the host before the inputs moved
+    # (B, L, 3) camera index, row and column centre in [0, 1] of each visual token; 0 elsewhere
+    visual_pos: torch.Tensor | None = None
 
     @property
     def layers(self) -> tuple[torch.Tensor, ...]:
@@ -148,19 +150,22 @@ class VLMBackbone(nn.Module):
         vision = "".join(f"<|vision_start|>{img * n}<|vision_end|>" for n in n_tokens)
         return f"<|im_start|>user\n{vision}{lang}<|im_end|>\n"
 
-    def _tokens_per_image(self, pixels: dict) -> list[int]:
+    def _token_grids(self, pixels: dict) -> list[tuple[int, int, int]]:
+        """(rows, columns, leading extra tokens) of each image's visual tokens, row-major."""
         if self.arch == "llava":
             cfg = self.vlm.config
             h, w = pixels["pixel_values"].shape[-2:]
             patch = cfg.vision_config.patch_size
-            n = (h // patch) * (w // patch) + (1 if cfg.vision_feature_select_strategy == "full" else 0)
-            return [n] * pixels["pixel_values"].shape[0]
+            extra = 1 if cfg.vision_feature_select_strategy == "full" else 0  # the CLS token comes first
+            return [(h // patch, w // patch, extra)] * pixels["pixel_values"].shape[0]
         merge = self.image_processor.merge_size
-        return (pixels["image_grid_thw"].prod(-1) // merge**2).tolist()
+        return [(int(h) // merge, int(w) // merge, 0) for _, h, w in pixels["image_grid_thw"].tolist()]
 
     def prepare_inputs(self, images: torch.Tensor, lang: Sequence[str]) -> dict[str, torch.Tensor]:
         """(B, C, 3, h, w) uint8 + B instructions -> the VLM's keyword inputs (host tensors, except
-        Qwen pixel values made by `pixels.qwen_pixels`, which stay on the images' device)."""
+        Qwen pixel values made by `pixels.qwen_pixels`, which stay on the images' device), and
+        "visual_pos" (B*V, 3): (camera, row, column) of the V visual tokens of each sample, which
+        `forward` takes out before the call."""
         b, c = images.shape[:2]
         if len(lang) != b:
             raise ValueError(f"{len(lang)} instructions for a batch of {b}")
@@ -168,12 +173,14 @@ class VLMBackbone(nn.Module):
         pixels = None if self.arch == "llava" else qwen_pixels(flat, self.image_processor)
         if pixels is None:  # a size the processor resizes, or LLaVA: the transformers processor, on the host
             pixels = dict(self.image_processor(images=list(flat.cpu()), return_tensors="pt"))
-        per_image = self._tokens_per_image(pixels)
+        grids = self._token_grids(pixels)
+        per_image = [r * c + e for r, c, e in grids]
         texts = [self._prompt(per_image[i * c:(i + 1) * c], text) for i, text in enumerate(lang)]
         tok = self.tokenizer(texts, padding=True, return_tensors="pt", add_special_tokens=True)
         inputs = {"input_ids": tok["input_ids"], "attention_mask": tok["attention_mask"], **pixels}
         if self.arch != "llava":
             inputs["mm_token_type_ids"] = (tok["input_ids"] == self.image_token_id).int()
+        inputs["visual_pos"] = _visual_positions(grids, c)
         return inputs
 
     # --- forward -------------------------------------------------------------------------
@@ -182,6 +189,7 @@ class VLMBackbone(nn.Module):
         (`all_layers=False`: of the last one only, the same values)."""
         device = next(self.vlm.parameters()).device
         cpu_inputs = self.prepare_inputs(images, lang)
+        positions = cpu_inputs.pop("visual_pos")  # (B*V, 3): not a VLM input
         lengths = cpu_inputs["attention_mask"].sum(1).tolist()
         inputs = {k: v.to(device) for k, v in cpu_inputs.items()}
         if "pixel_values" in inputs:
@@ -189,10 +197,12 @@ class VLMBackbone(nn.Module):
         out = self.vlm(**inputs, output_hidden_states=all_layers, use_cache=False, return_dict=True)
         attention = inputs["attention_mask"].bool()  # (B, L)
         visual = (inputs["input_ids"] == self.image_token_id) & attention
+        visual_pos = torch.zeros(*visual.shape, 3, device=device)
+        visual_pos[visual] = positions.to(device)
         return BackboneOutput(
             hidden_states=tuple(out.hidden_states) if all_layers else None,
             last_hidden_state=out.last_hidden_state, attention_mask=attention, visual_mask=visual,
-            text_mask=attention & ~visual, lengths=lengths,
+            text_mask=attention & ~visual, lengths=lengths, visual_pos=visual_pos,
         )
 
     def preprocessing_fingerprint(self) -> str:
@@ -202,6 +212,19 @@ class VLMBackbone(nn.Module):
         settings = sorted(vars(self.image_processor).items())  # repr: ~10 us, where to_json_string takes ~80
         return repr((self.arch, type(self.image_processor).__name__, settings, type(tok).__name__, len(tok),
                      tok.padding_side, self.image_token_id))
+
+
+def _visual_positions(grids: list[tuple[int, int, int]], cameras: int) -> torch.Tensor:
+    """Per-image token grids (B*C of (rows, columns, extra)) -> (B*V, 3) (camera, row, column) of every
+    visual token in prompt order; a leading extra token (CLS) sits at the image centre."""
+    out = []
+    for i, (rows, cols, extra) in enumerate(grids):
+        r = (torch.arange(rows * cols) // cols + 0.5) / rows
+        c = (torch.arange(rows * cols) % cols + 0.5) / cols
+        grid = torch.stack([torch.full_like(r, float(i % cameras)), r, c], dim=1)  # (rows*cols, 3)
+        centre = torch.tensor([[float(i % cameras), 0.5, 0.5]]).expand(extra, 3)
+        out.append(torch.cat([centre, grid]))
+    return torch.cat(out)
 
 
 def _load_preprocessors(src: Path):

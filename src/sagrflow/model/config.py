@@ -70,12 +70,17 @@ class ActionModelConfig:
     num_task_tokens: int = 8  # K
     world_depth: int = 2  # transformer layers of the world predictor
     time_eps: float = 1e-3  # training time t is drawn in [eps, 1 - eps]
+    # visual tokens pooled against a (camera, row, column) basis into the AdaLN conditioning
+    # (model/observation.py); basis functions per image axis, 0 = off
+    observation_basis: int = 4
 
     def __post_init__(self) -> None:
         for name in ("action_horizon", "action_dim", "repeated_diffusion_steps", "num_inference_timesteps",
                      "dit_width", "dit_heads", "num_task_tokens", "world_depth"):
             if int(getattr(self, name)) < 1:
                 raise ValueError(f"framework.action_model.{name}={getattr(self, name)} must be >= 1")
+        if self.observation_basis < 0:
+            raise ValueError(f"framework.action_model.observation_basis={self.observation_basis} must be >= 0 (0 = off)")
         if self.state_dim < 0:
             raise ValueError(f"framework.action_model.state_dim={self.state_dim} must be >= 0 (0 = no state)")
         if self.dit_depth is not None and self.dit_depth < 1:

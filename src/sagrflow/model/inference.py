@@ -83,8 +83,9 @@ def sample_chunk(head, enc, state: torch.Tensor | None, residual: torch.Tensor, 
     t_all = times.view(-1, 1).expand(num_steps + 1, b)  # (E + 1, B)
     temb_all = head.time(t_all.reshape(-1)).view(num_steps + 1, b, -1)  # (E + 1, B, W)
     with_drift = bool(residual.any())  # one host read per call, against N drift evaluations
+    cond_all = temb_all if enc.observation is None else temb_all + enc.observation  # (E + 1, B, W)
     for i in range(num_steps):
-        v = head.velocity(context, x, temb_all[i], state)
+        v = head.velocity(context, x, cond_all[i], state)
         if with_drift:
             v = v + head.drift(residual, t_all[i], temb_all[i])
         x = x + dt * v

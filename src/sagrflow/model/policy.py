@@ -38,6 +38,7 @@ class Encoded:
     vl_embs_list: list[torch.Tensor]  # one (B, L, D) per DiT block
     mask: torch.Tensor  # (B, L) bool, False at padding
     task_tokens: torch.Tensor | None  # (B, K, W); None when not asked for
+    observation: torch.Tensor | None  # (B, W) the head's observation summary; None when it has none
     vlm: BackboneOutput  # the pass itself (its last layer feeds the anchor and the target cache)
 
 
@@ -94,7 +95,7 @@ class SAGRPolicy(nn.Module):
         tokens = None
         if task_tokens:
             tokens = self._anchor(out.last_hidden_state, out.visual_mask, out.text_mask, images, geometry)
-        return Encoded(vl_embs_list, out.attention_mask, tokens, out)
+        return Encoded(vl_embs_list, out.attention_mask, tokens, self.head.observe(out), out)
 
     def _anchor(self, hidden: torch.Tensor, visual: torch.Tensor, text: torch.Tensor, images: torch.Tensor,
                 geometry: torch.Tensor | None) -> torch.Tensor:
@@ -153,6 +154,7 @@ class SAGRPolicy(nn.Module):
             action_mask=batch.action_mask.repeat_interleave(r, 0),
             repeats=r,
             world=not fm_only,
+            observation=enc.observation,
         )
         out = {k: head_out[k].view(b, r).mean(1) for k in ("loss_fm", "loss_dyn", "loss_geo", "loss_reg")}
         out["valid_tk"] = valid

@@ -1,0 +1,55 @@
+"""Observation summary: the visual tokens as one conditioning vector that keeps where things are.
+
+Cross-attention reads the VLM tokens as a set: what a token says, not where it sits. A
+pretrained VLM writes position into its features; a small or freshly initialised one does
+not, and its cross-attention then stays close to uniform for thousands of steps, so the
+action head learns from the state alone. The summary gives the head a path that needs no
+attention to be learned first: each visual token's (normalized, projected) features are
+pooled against a fixed positional basis of its camera, row and column, as a linear map
+over the flattened token grid would, but with a size that does not depend on the grid.
+The result joins the time embedding in the DiT's AdaLN, whose modulations start at zero:
+at step 0 the head is the plain DiT either way, and the summary's gradients flow from
+the first update of those modulations on.
+
+Legend: B batch, L VLM sequence, D VLM hidden size, F projected features, K basis
+functions per axis, C cameras (at most MAX_CAMERAS), W width.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+MAX_CAMERAS = 4
+FEATURES = 64
+
+
+class ObservationSummary(nn.Module):
+    def __init__(self, vlm_dim: int, width: int, basis: int):
+        super().__init__()
+        self.basis = basis
+        self.norm = nn.LayerNorm(vlm_dim)
+        self.proj = nn.Linear(vlm_dim, FEATURES)
+        self.mlp = nn.Sequential(nn.Linear(FEATURES * MAX_CAMERAS * basis * basis, width), nn.SiLU(),
+                                 nn.Linear(width, width))
+
+    def forward(self, hidden: torch.Tensor, visual_mask: torch.Tensor, visual_pos: torch.Tensor) -> torch.Tensor:
+        """hidden (B, L, D), visual_mask (B, L) bool, visual_pos (B, L, 3) = (camera, row, column),
+        row and column in [0, 1] -> (B, W)."""
+        cams = visual_pos[..., 0].long()  # (B, L)
+        if bool((cams[visual_mask] >= MAX_CAMERAS).any()):
+            raise ValueError(f"the observation summary pools up to {MAX_CAMERAS} cameras; set "
+                             "framework.action_model.observation_basis: 0 to turn it off")
+        k = torch.arange(self.basis, device=hidden.device, dtype=torch.float32) * math.pi  # (K,)
+        rows = torch.cos(visual_pos[..., 1:2].float() * k)  # (B, L, K): DCT basis over the rows
+        cols = torch.cos(visual_pos[..., 2:3].float() * k)  # (B, L, K)
+        cam = torch.nn.functional.one_hot(cams.clamp(0, MAX_CAMERAS - 1), MAX_CAMERAS).float()
+        cam = cam * visual_mask.unsqueeze(-1)  # (B, L, C): text and padding tokens weigh nothing
+        basis = (cam[..., :, None, None] * rows[..., None, :, None] * cols[..., None, None, :]).flatten(2)
+        feats = self.proj(self.norm(hidden)).float()  # (B, L, F)
+        pooled = torch.einsum("blf,blp->bfp", feats, basis)  # (B, F, C*K*K)
+        per_camera = cam.sum(1).clamp_min(1.0).sqrt()  # (B, C): coefficients of unit scale, whatever the grid
+        pooled = pooled.view(*pooled.shape[:2], MAX_CAMERAS, -1) / per_camera[:, None, :, None]
+        return self.mlp(pooled.flatten(1).to(self.mlp[0].weight.dtype))  # (B, W)

@@ -1,0 +1,76 @@
+"""The observation summary: where each visual token sits, and a conditioning that depends on it."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from sagrflow.model.backbone import VLMBackbone
+from sagrflow.model.config import ActionModelConfig
+from sagrflow.model.observation import MAX_CAMERAS, ObservationSummary
+
+from .conftest import build_policy, make_batch
+
+
+@pytest.mark.parametrize("arch, grid, extra", [("qwen2_5_vl", 2, 0), ("qwen3_vl", 2, 0), ("llava", 2, 0)])
+def test_visual_positions_follow_cameras_rows_and_columns(tiny_dirs, arch, grid, extra):
+    bb = VLMBackbone.from_pretrained(tiny_dirs[arch])
+    size = 64 if arch == "qwen3_vl" else 56
+    out = bb(torch.zeros(2, 2, 3, size, size, dtype=torch.uint8), ["go left", "a longer instruction here"])
+    pos = out.visual_pos[out.visual_mask].view(2, -1, 3)  # (B, V, 3)
+    assert torch.equal(pos[0], pos[1])  # prompts of different lengths: the same grid
+    rows = (torch.arange(grid * grid) // grid + 0.5) / grid
+    cols = (torch.arange(grid * grid) % grid + 0.5) / grid
+    for cam in range(2):
+        block = pos[0, cam * (grid * grid + extra):(cam + 1) * (grid * grid + extra)]
+        assert torch.all(block[:, 0] == cam)
+        torch.testing.assert_close(block[extra:, 1], rows)
+        torch.testing.assert_close(block[extra:, 2], cols)
+    assert torch.all(out.visual_pos[~out.visual_mask] == 0)
+
+
+def _summary_inputs(seed: int = 0):
+    g = torch.Generator().manual_seed(seed)
+    hidden = torch.randn(2, 10, 16, generator=g)
+    visual = torch.tensor([[False, True, True, True, True, True, True, True, True, False]] * 2)
+    pos = torch.zeros(2, 10, 3)
+    cells = torch.tensor([(c, (r + 0.5) / 2, (k + 0.5) / 2) for c in range(2) for r in range(2) for k in range(2)])
+    pos[visual] = cells.repeat(2, 1)
+    return hidden, visual, pos
+
+
+def test_summary_sees_where_a_token_is():
+    torch.manual_seed(0)
+    summary = ObservationSummary(16, 8, basis=2)
+    hidden, visual, pos = _summary_inputs()
+    base = summary(hidden, visual, pos)
+    swapped = hidden.clone()
+    swapped[:, [1, 2]] = hidden[:, [2, 1]]  # two tokens of camera 0 trade places: same set, other layout
+    assert not torch.allclose(summary(swapped, visual, pos), base, atol=1e-4)
+    other = hidden.clone()
+    other[:, [0, 9]] = torch.randn(2, 2, 16)  # text and padding tokens do not count
+    torch.testing.assert_close(summary(other, visual, pos), base)
+
+
+def test_summary_rejects_more_cameras_than_it_pools():
+    summary = ObservationSummary(16, 8, basis=2)
+    hidden, visual, pos = _summary_inputs()
+    pos[0, 1, 0] = MAX_CAMERAS
+    with pytest.raises(ValueError, match="observation_summary|observation_basis"):
+        summary(hidden, visual, pos)
+
+
+def test_observation_basis_is_validated_and_zero_turns_the_summary_off(tiny_dir):
+    with pytest.raises(ValueError, match="observation_basis"):
+        ActionModelConfig(action_horizon=8, action_dim=7, observation_basis=-1)
+    policy = build_policy(tiny_dir, observation_basis=0)
+    assert policy.head.observation is None
+    out = policy(make_batch())
+    assert torch.isfinite(out["loss_fm"]).all()
+    with_summary = build_policy(tiny_dir)
+    opt = torch.optim.SGD(with_summary.parameters(), lr=0.1)
+    for _ in range(2):  # AdaLN starts at zero: the summary gets gradients once its modulations moved
+        opt.zero_grad()
+        with_summary(make_batch())["loss_fm"].mean().backward()
+        opt.step()
+    assert with_summary.head.observation.proj.weight.grad.abs().sum() > 0
