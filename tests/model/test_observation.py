@@ -36,28 +36,33 @@ def _summary_inputs(seed: int = 0):
     pos = torch.zeros(2, 10, 3)
     cells = torch.tensor([(c, (r + 0.5) / 2, (k + 0.5) / 2) for c in range(2) for r in range(2) for k in range(2)])
     pos[visual] = cells.repeat(2, 1)
-    return hidden, visual, pos
+    text = torch.zeros_like(visual)
+    text[:, 0] = True  # token 0 is the instruction, token 9 padding
+    return hidden, visual, pos, text
 
 
-def test_summary_sees_where_a_token_is():
+def test_summary_sees_where_a_token_is_and_the_instruction():
     torch.manual_seed(0)
     summary = ObservationSummary(16, 8, basis=2)
-    hidden, visual, pos = _summary_inputs()
-    base = summary(hidden, visual, pos)
+    hidden, visual, pos, text = _summary_inputs()
+    base = summary(hidden, visual, pos, text)
     swapped = hidden.clone()
     swapped[:, [1, 2]] = hidden[:, [2, 1]]  # two tokens of camera 0 trade places: same set, other layout
-    assert not torch.allclose(summary(swapped, visual, pos), base, atol=1e-4)
-    other = hidden.clone()
-    other[:, [0, 9]] = torch.randn(2, 2, 16)  # text and padding tokens do not count
-    torch.testing.assert_close(summary(other, visual, pos), base)
+    assert not torch.allclose(summary(swapped, visual, pos, text), base, atol=1e-4)
+    padding = hidden.clone()
+    padding[:, 9] = torch.randn(2, 16)  # padding does not count
+    torch.testing.assert_close(summary(padding, visual, pos, text), base)
+    instruction = hidden.clone()
+    instruction[:, 0] = torch.randn(2, 16)  # another instruction: another summary of the same image
+    assert not torch.allclose(summary(instruction, visual, pos, text), base, atol=1e-4)
 
 
 def test_summary_rejects_more_cameras_than_it_pools():
     summary = ObservationSummary(16, 8, basis=2)
-    hidden, visual, pos = _summary_inputs()
+    hidden, visual, pos, text = _summary_inputs()
     pos[0, 1, 0] = MAX_CAMERAS
     with pytest.raises(ValueError, match="observation_summary|observation_basis"):
-        summary(hidden, visual, pos)
+        summary(hidden, visual, pos, text)
 
 
 def test_observation_basis_is_validated_and_zero_turns_the_summary_off(tiny_dir):

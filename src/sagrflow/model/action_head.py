@@ -95,7 +95,8 @@ class ActionHead(nn.Module):
         """A `BackboneOutput` -> the observation summary (B, W) that joins the time embedding, or None."""
         if self.observation is None:
             return None
-        return self.observation(vlm.last_hidden_state.to(self.action_out.weight.dtype), vlm.visual_mask, vlm.visual_pos)
+        return self.observation(vlm.last_hidden_state.to(self.action_out.weight.dtype), vlm.visual_mask, vlm.visual_pos,
+                                vlm.text_mask)
 
     def velocity(self, context: list[KV], x_t: torch.Tensor, temb: torch.Tensor,
                  state: torch.Tensor | None) -> torch.Tensor:

@@ -7,6 +7,14 @@ action head learns from the state alone. The summary gives the head a path that 
 attention to be learned first: each visual token's (normalized, projected) features are
 pooled against a fixed positional basis of its camera, row and column, as a linear map
 over the flattened token grid would, but with a size that does not depend on the grid.
+
+Image tokens precede the instruction in the prompt, so a causal VLM's visual features
+cannot know which object the instruction names. The mean of the instruction tokens
+therefore gates the projected features before pooling (one factor per feature: the
+instruction picks what to look at) and joins the pooled coefficients at the MLP's input.
+On the sim's goal suite, where only the instruction says which block to move, this
+gating is what lets the head bind the words to the place.
+
 The result joins the time embedding in the DiT's AdaLN, whose modulations start at zero:
 at step 0 the head is the plain DiT either way, and the summary's gradients flow from
 the first update of those modulations on.
@@ -32,12 +40,14 @@ class ObservationSummary(nn.Module):
         self.basis = basis
         self.norm = nn.LayerNorm(vlm_dim)
         self.proj = nn.Linear(vlm_dim, FEATURES)
-        self.mlp = nn.Sequential(nn.Linear(FEATURES * MAX_CAMERAS * basis * basis, width), nn.SiLU(),
-                                 nn.Linear(width, width))
+        self.text = nn.Linear(vlm_dim, 2 * FEATURES)  # pooled instruction -> (gate, features)
+        self.mlp = nn.Sequential(nn.Linear(FEATURES * (MAX_CAMERAS * basis * basis + 1), 4 * width), nn.SiLU(),
+                                 nn.Linear(4 * width, width))
 
-    def forward(self, hidden: torch.Tensor, visual_mask: torch.Tensor, visual_pos: torch.Tensor) -> torch.Tensor:
-        """hidden (B, L, D), visual_mask (B, L) bool, visual_pos (B, L, 3) = (camera, row, column),
-        row and column in [0, 1] -> (B, W)."""
+    def forward(self, hidden: torch.Tensor, visual_mask: torch.Tensor, visual_pos: torch.Tensor,
+                text_mask: torch.Tensor) -> torch.Tensor:
+        """hidden (B, L, D), visual_mask and text_mask (B, L) bool, visual_pos (B, L, 3) = (camera,
+        row, column), row and column in [0, 1] -> (B, W)."""
         cams = visual_pos[..., 0].long()  # (B, L)
         if bool((cams[visual_mask] >= MAX_CAMERAS).any()):
             raise ValueError(f"the observation summary pools up to {MAX_CAMERAS} cameras; set "
@@ -48,8 +58,13 @@ class ObservationSummary(nn.Module):
         cam = torch.nn.functional.one_hot(cams.clamp(0, MAX_CAMERAS - 1), MAX_CAMERAS).float()
         cam = cam * visual_mask.unsqueeze(-1)  # (B, L, C): text and padding tokens weigh nothing
         basis = (cam[..., :, None, None] * rows[..., None, :, None] * cols[..., None, None, :]).flatten(2)
-        feats = self.proj(self.norm(hidden)).float()  # (B, L, F)
+        normed = self.norm(hidden)
+        weights = text_mask.unsqueeze(-1).float()
+        instruction = (normed.float() * weights).sum(1) / weights.sum(1).clamp_min(1.0)  # (B, D)
+        gate, words = self.text(instruction.to(normed.dtype)).float().chunk(2, dim=-1)  # (B, F) each
+        feats = self.proj(normed).float() * (1 + gate).unsqueeze(1)  # (B, L, F): the instruction picks features
         pooled = torch.einsum("blf,blp->bfp", feats, basis)  # (B, F, C*K*K)
         per_camera = cam.sum(1).clamp_min(1.0).sqrt()  # (B, C): coefficients of unit scale, whatever the grid
         pooled = pooled.view(*pooled.shape[:2], MAX_CAMERAS, -1) / per_camera[:, None, :, None]
-        return self.mlp(pooled.flatten(1).to(self.mlp[0].weight.dtype))  # (B, W)
+        pooled = torch.cat([pooled.flatten(1), words], dim=1)
+        return self.mlp(pooled.to(self.mlp[0].weight.dtype))  # (B, W)
