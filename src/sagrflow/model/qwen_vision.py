@@ -1,0 +1,132 @@
+"""Qwen vision towers without per-image and per-window host round trips.
+
+transformers' Qwen2.5-VL and Qwen3-VL towers, without flash-attention, do two things whose
+cost grows with the number of images and is paid by the host, not the GPU:
+  - they build rotary positions, window indices and sequence boundaries in Python loops
+    over `grid_thw`, which sits on the device, reading it back image by image;
+  - their attention splits the patch sequence at `cu_seqlens` (images, or windows of an
+    image) and calls attention once per piece, reading the lengths back in every layer.
+A batch of 16 samples with two 224 px cameras makes hundreds of such calls per layer, and
+the host sets the step time. Here:
+  - `host_vision_inputs` runs transformers' own helpers on the host copy of `grid_thw`
+    (the same functions, so the same tensors) and hands them to the model through its
+    precomputed `image_*` keyword arguments;
+  - `batch_segments` gives each vision attention module a forward that sends all pieces
+    through one `scaled_dot_product_attention`: a view when they share one length (a fixed
+    image size), otherwise padded to the longest with the padding keys masked. Queries
+    still attend only within their own piece, so the outputs are the same up to
+    floating-point summation order.
+
+Legend: S patches of all images, P pieces, M longest piece, nh heads, hd head size.
+"""
+
+from __future__ import annotations
+
+import sys
+import types
+from collections import OrderedDict
+from functools import lru_cache
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+PATCHED = ("Qwen2_5_VLVisionAttention", "Qwen3VLVisionAttention")
+
+
+class _Lengths:
+    """Host piece lengths of the `cu_seqlens` tensors a tower pass uses (two per pass at most).
+
+    `host_vision_inputs` registers them when it builds the tensors, so no layer reads the device;
+    a tensor it did not build is read back once and remembered. Strong references keep the
+    identities unambiguous; the table holds the latest few."""
+
+    table: OrderedDict[int, tuple[torch.Tensor, tuple[int, ...]]] = OrderedDict()
+
+    @classmethod
+    def remember(cls, cu_seqlens: torch.Tensor, lengths: tuple[int, ...]) -> None:
+        cls.table[id(cu_seqlens)] = (cu_seqlens, lengths)
+        while len(cls.table) > 8:
+            cls.table.popitem(last=False)
+
+    @classmethod
+    def of(cls, cu_seqlens: torch.Tensor) -> tuple[int, ...]:
+        hit = cls.table.get(id(cu_seqlens))
+        if hit is not None and hit[0] is cu_seqlens:
+            return hit[1]
+        lengths = tuple(cu_seqlens.diff().tolist())
+        cls.remember(cu_seqlens, lengths)
+        return lengths
+
+
+def host_vision_inputs(model: nn.Module, grid_thw: torch.Tensor, device: torch.device) -> dict[str, torch.Tensor]:
+    """A Qwen VLM and the host (N, 3) image grid -> the tower's precomputed `image_*` keyword inputs on
+    `device` (rotary positions, sequence boundaries, and window order or position interpolation)."""
+    from transformers import vision_utils as vu
+
+    visual = model.visual
+    merge = visual.spatial_merge_size
+    out = {"position_ids": vu.get_vision_position_ids(grid_thw, merge), "cu_seqlens": vu.get_vision_cu_seqlens(grid_thw)}
+    if hasattr(visual, "window_size"):  # Qwen2.5-VL: windowed layers
+        out["window_index"], out["cu_window_seqlens"] = vu.get_vision_window_index(
+            grid_thw, spatial_merge_size=merge, window_size=visual.window_size, patch_size=visual.patch_size)
+    if hasattr(visual, "num_grid_per_side"):  # Qwen3-VL: interpolated absolute position embeddings
+        out["interp_indices"], out["interp_weights"] = vu.get_vision_interpolation_indices_and_weights(
+            grid_thw, num_grid_per_side=visual.num_grid_per_side, mode=visual.interpolation_mode,
+            align_corners=visual.interpolation_align_corners, spatial_merge_size=visual.config.spatial_merge_size)
+    moved = {k: v.to(device, non_blocking=True) for k, v in out.items()}
+    for key in ("cu_seqlens", "cu_window_seqlens"):
+        if key in out:
+            _Lengths.remember(moved[key], tuple(out[key].diff().tolist()))
+    return {f"image_{k}": v for k, v in moved.items()}
+
+
+@lru_cache(maxsize=16)
+def _layout(lengths: tuple[int, ...], device: torch.device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """-> gather index (P, M) into S (0 at padding), key keep-mask (P, 1, 1, M), flat positions of the
+    S real rows in the padded (P*M) layout."""
+    n = torch.tensor(lengths)
+    starts = torch.cumsum(n, 0) - n
+    col = torch.arange(max(lengths))
+    keep = col[None] < n[:, None]  # (P, M)
+    index = torch.where(keep, starts[:, None] + col[None], 0)
+    real = keep.flatten().nonzero().squeeze(1)  # (S,)
+    return (index.to(device, non_blocking=True), keep[:, None, None].to(device, non_blocking=True),
+            real.to(device, non_blocking=True))
+
+
+def segment_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, lengths: tuple[int, ...],
+                      scale: float) -> torch.Tensor:
+    """q, k, v (S, nh, hd), piece lengths summing to S -> (S, nh, hd), each piece attending to itself."""
+    s, nh, hd = q.shape
+    if len(set(lengths)) == 1:  # one length: the pieces are a batch already
+        p, m = len(lengths), lengths[0]
+        q, k, v = (x.view(p, m, nh, hd).transpose(1, 2) for x in (q, k, v))  # (P, nh, M, hd)
+        y = F.scaled_dot_product_attention(q, k, v, scale=scale)
+        return y.transpose(1, 2).reshape(s, nh, hd)
+    index, keep, real = _layout(lengths, q.device)
+    q, k, v = (x[index].transpose(1, 2) for x in (q, k, v))  # (P, nh, M, hd)
+    y = F.scaled_dot_product_attention(q, k, v, attn_mask=keep, scale=scale)  # padded queries: discarded
+    return y.transpose(1, 2).reshape(-1, nh, hd)[real]  # (S, nh, hd)
+
+
+def _forward(self, hidden_states: torch.Tensor, cu_seqlens: torch.Tensor,
+             position_embeddings: tuple[torch.Tensor, torch.Tensor] | None = None, **_) -> torch.Tensor:
+    """(S, dim) patches -> (S, dim); the signature and result of the module's own forward."""
+    s = hidden_states.shape[0]
+    q, k, v = self.qkv(hidden_states).reshape(s, 3, self.num_heads, -1).permute(1, 0, 2, 3).unbind(0)
+    cos, sin = position_embeddings
+    q, k = sys.modules[type(self).__module__].apply_rotary_pos_emb_vision(q, k, cos, sin)
+    y = segment_attention(q, k, v, _Lengths.of(cu_seqlens), self.scaling)
+    return self.proj(y.reshape(s, -1))
+
+
+def batch_segments(model: nn.Module) -> int:
+    """Give every Qwen vision attention module of `model` the one-call forward, unless the model
+    runs flash-attention (which takes the lengths natively). -> how many modules were changed."""
+    changed = 0
+    for module in model.modules():
+        if type(module).__name__ in PATCHED and "flash" not in str(module.config._attn_implementation):
+            module.forward = types.MethodType(_forward, module)
+            changed += 1
+    return changed

@@ -1,0 +1,84 @@
+"""The one-call vision attention equals transformers' one-call-per-piece loop, values and gradients."""
+
+from __future__ import annotations
+
+import sys
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from sagrflow.model.backbone import VLMBackbone
+from sagrflow.model.qwen_vision import PATCHED, segment_attention
+
+
+def loop_reference(q, k, v, lengths, scale):
+    """What transformers does without flash-attention: attention on each piece in turn."""
+    out = [F.scaled_dot_product_attention(*(x.transpose(0, 1)[None] for x in piece), scale=scale)[0].transpose(0, 1)
+           for piece in zip(*(x.split(lengths) for x in (q, k, v)), strict=True)]
+    return torch.cat(out)
+
+
+@pytest.mark.parametrize("lengths", [(16, 16, 16), (16, 8, 16, 4), (5,), (1, 7, 3)])
+def test_segment_attention_matches_the_loop(lengths):
+    g = torch.Generator().manual_seed(0)
+    q, k, v = (torch.randn(sum(lengths), 2, 8, generator=g, requires_grad=True) for _ in range(3))
+    got = segment_attention(q, k, v, lengths, scale=0.3)
+    want = loop_reference(q, k, v, list(lengths), scale=0.3)
+    torch.testing.assert_close(got, want, atol=1e-6, rtol=1e-5)
+    w = torch.randn(got.shape, generator=g)
+    grads = torch.autograd.grad((got * w).sum(), (q, k, v))
+    grads_ref = torch.autograd.grad((want * w).sum(), (q, k, v))
+    for a, b in zip(grads, grads_ref, strict=True):
+        torch.testing.assert_close(a, b, atol=1e-6, rtol=1e-5)
+
+
+def _unpatch(backbone: VLMBackbone) -> int:
+    n = 0
+    for module in backbone.vlm.modules():
+        if type(module).__name__ in PATCHED and "forward" in vars(module):
+            del module.forward  # back to the class's per-piece loop
+            n += 1
+    return n
+
+
+# 56 px: one window per image; 84 px: a 3x3 token grid in windows of 2x2, 2x1, 1x2, 1x1 (unequal pieces)
+@pytest.mark.parametrize(("arch", "side"), [("qwen2_5_vl", 56), ("qwen2_5_vl", 84), ("qwen3_vl", 64)])
+def test_backbone_tower_matches_transformers_loop(tiny_dirs, arch, side):
+    torch.manual_seed(0)
+    fast = VLMBackbone.from_pretrained(tiny_dirs[arch])
+    torch.manual_seed(0)
+    slow = VLMBackbone.from_pretrained(tiny_dirs[arch])
+    assert _unpatch(slow) == fast.vlm.config.vision_config.depth  # every layer of the tower was batched
+    images = torch.randint(0, 256, (3, 2, 3, side, side), generator=torch.Generator().manual_seed(1), dtype=torch.uint8)
+    lang = ["pick up the red cup", "open the drawer", "push the plate to the front"]
+    outs = []
+    for backbone in (fast, slow):
+        out = backbone(images, lang)
+        out.last_hidden_state.square().mean().backward()
+        qkv = next(m for m in backbone.vlm.modules() if type(m).__name__ in PATCHED).qkv
+        outs.append((out.last_hidden_state.detach(), qkv.weight.grad.clone()))
+    torch.testing.assert_close(outs[0][0], outs[1][0], atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(outs[0][1], outs[1][1], atol=1e-6, rtol=1e-4)
+
+
+@pytest.mark.parametrize("arch", ["qwen2_5_vl", "qwen3_vl"])
+def test_host_built_positions_match_the_models_own(tiny_dirs, arch, monkeypatch):
+    """The backbone builds the LLM's M-RoPE positions and the tower's positions and boundaries on the
+    host; the model left alone builds them itself. Same hidden states, and the tower took ours."""
+    backbone = VLMBackbone.from_pretrained(tiny_dirs[arch])
+    images = torch.randint(0, 256, (2, 2, 3, 56, 56), generator=torch.Generator().manual_seed(2), dtype=torch.uint8)
+    lang = ["pick up the red cup", "open the top drawer of the cabinet"]  # different lengths: right padding
+    inputs = backbone.prepare_inputs(images, lang)
+    inputs.pop("visual_pos")
+    modeling = sys.modules[type(backbone.vlm).__module__]
+    given = []
+    real = modeling.get_vision_position_ids
+    monkeypatch.setattr(modeling, "get_vision_position_ids",
+                        lambda *a, kwargs=None, **kw: (given.append("position_ids" in kwargs), real(*a, kwargs=kwargs, **kw))[1])
+    with torch.no_grad():
+        own = backbone.vlm(**inputs, use_cache=False).last_hidden_state
+        ours = backbone(images, lang, all_layers=False).last_hidden_state
+    assert given == [False, True]  # the model computed its own, then took the host-built ones
+    mask = inputs["attention_mask"].bool()
+    torch.testing.assert_close(ours[mask], own[mask], atol=1e-5, rtol=1e-4)
