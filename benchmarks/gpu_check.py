@@ -7,8 +7,13 @@ On model_step.py's "mid" random config (Qwen2.5-VL language model of 8 layers x 
         sagr_naive   SA-GR, chain_length 1: every t+k pair through the extra no-grad VLM pass
         sagr_chain   SA-GR, chain_length 4 (datasets.vla_data.chain_length): samples come in
                      chains t, t+k, ..., collate's tk_index lets 3 of every 4 pairs reuse tokens
+        sagr_chain_fused  as sagr_chain, with framework.action_model.target_pass fused: the 4
+                     remaining t+k frames ride in the image_t VLM call instead of a call of their own
+        fm_only_hf_vision fm_only with transformers' own vision-tower path (an attention call per
+                     window or image, positions built on the device), which sagrflow replaces
       and the ratio of each to fm_only;
-  (c) predict_action latency with 10 Euler steps against 1, and their ratio.
+  (c) predict_action latency with 10 Euler steps against 1, and their ratio, with the Euler loop
+      replayed as a CUDA graph (the default) and eager, and how far the two chunks differ.
 It prints a compact table and writes gpu_check.json to $OUT (or --out) when set.
 
     python3 benchmarks/gpu_check.py                       # CUDA, mid config, batch 16
@@ -22,51 +27,87 @@ import json
 import os
 import tempfile
 import time
+from functools import partial
 from pathlib import Path
 
 import numpy as np
 import torch
 
+import sagrflow.model.backbone as backbone_module
 from model_step import CAMS, SIDE, S, alternate, build, fake_batch, train_step
+from sagrflow.model.qwen_vision import PATCHED
 
-TRAIN_MODES = {"fm_only": (True, 1), "sagr_naive": (False, 1), "sagr_chain": (False, 4)}  # fm_only, chain_length
+# mode -> (fm_only, chain_length, framework.action_model.target_pass)
+TRAIN_MODES = {"fm_only": (True, 1, "separate"), "sagr_naive": (False, 1, "separate"),
+               "sagr_chain": (False, 4, "separate"), "sagr_chain_fused": (False, 4, "fused")}
 
 
 def train_times(policy, batch_size: int, iters: int, device: str, dtype) -> dict[str, dict[str, float]]:
     """Median seconds per optimizer step of each mode, and the peak memory of one step on CUDA."""
     optimizer = torch.optim.AdamW(policy.parameters(), lr=1e-5)
-    batches = {m: fake_batch(batch_size, device, chain) for m, (_, chain) in TRAIN_MODES.items()}
-    steps = {m: (lambda m=m, fm=fm: train_step(policy, batches[m], fm, optimizer, dtype))
-             for m, (fm, _) in TRAIN_MODES.items()}
+    batches = {m: fake_batch(batch_size, device, chain) for m, (_, chain, _) in TRAIN_MODES.items()}
+
+    def step(mode: str) -> None:
+        fm, _, target_pass = TRAIN_MODES[mode]
+        policy.config.action_model.target_pass = target_pass
+        train_step(policy, batches[mode], fm, optimizer, dtype)
+
+    steps = {m: partial(step, m) for m in TRAIN_MODES}
+    steps["fm_only_hf_vision"] = partial(hf_vision, policy, steps["fm_only"])
     seconds = alternate(steps, iters, device)
-    out = {m: {"ms": seconds[m] * 1e3} for m in TRAIN_MODES}
+    out = {m: {"ms": seconds[m] * 1e3} for m in steps}
     if device.startswith("cuda"):
-        for m, step in steps.items():
+        for m, fn in steps.items():
             torch.cuda.synchronize()
             torch.cuda.reset_peak_memory_stats()
-            step()
+            fn()
             out[m]["peak_mib"] = torch.cuda.max_memory_allocated() / 2**20
-    for m in TRAIN_MODES:
+    for m in steps:
         out[m]["ratio_to_fm_only"] = out[m]["ms"] / out["fm_only"]["ms"]
     tk = batches["sagr_chain"].tk_index
     out["sagr_chain"]["reused_pairs"] = float((tk >= 0).float().mean())
     return out
 
 
+def hf_vision(policy, fn) -> None:
+    """fn() with transformers' own vision-tower path: one attention call per window or image, and
+    the tower's positions and boundaries built on the device (what sagrflow replaces)."""
+    modules = [m for m in policy.backbone.vlm.modules() if "forward" in vars(m) and type(m).__name__ in PATCHED]
+    saved = [vars(m).pop("forward") for m in modules]
+    original = backbone_module.host_vision_inputs
+    backbone_module.host_vision_inputs = lambda *a, **k: {}
+    try:
+        fn()
+    finally:
+        backbone_module.host_vision_inputs = original
+        for m, f in zip(modules, saved, strict=True):
+            m.forward = f
+
+
 def predict_times(policy, iters: int, device: str, dtype) -> dict[str, float]:
+    """predict_action at N=1 and N=10 (CUDA graphs on, the default), N=10 eager for reference, and the
+    largest difference between the graph's and the eager chunk for the same noise."""
     policy.eval()
     rng = np.random.default_rng(0)
     obs = [{"image": [rng.integers(0, 256, (SIDE, SIDE, 3), dtype=np.uint8) for _ in range(CAMS)],
             "lang": "pick up the black bowl", "state": np.zeros(S)}]
+    am = policy.config.action_model
 
-    def predict(n: int):
+    def predict(n: int, graphs: bool = True, seed: int | None = None):
+        am.cuda_graphs = graphs
+        generator = None if seed is None else torch.Generator().manual_seed(seed)
         with torch.autocast(torch.device(device).type, dtype=dtype, enabled=dtype is not None):
             policy.reset()  # every call is an episode's first: the same work for both
-            policy.predict_action(obs, num_steps=n)
+            return policy.predict_action(obs, num_steps=n, generator=generator)["actions_normalized"]
 
-    seconds = alternate({1: lambda: predict(1), 10: lambda: predict(10)}, iters, device)
+    gap = max(float(np.abs(predict(n, True, 7) - predict(n, False, 7)).max()) for n in (1, 10))
+    seconds = alternate({1: lambda: predict(1), 10: lambda: predict(10), "eager10": lambda: predict(10, False),
+                         "eager1": lambda: predict(1, False)}, iters, device)
+    am.cuda_graphs = True
     policy.train()
-    return {"n1_ms": seconds[1] * 1e3, "n10_ms": seconds[10] * 1e3, "ratio": seconds[10] / seconds[1]}
+    return {"n1_ms": seconds[1] * 1e3, "n10_ms": seconds[10] * 1e3, "ratio": seconds[10] / seconds[1],
+            "eager_n1_ms": seconds["eager1"] * 1e3, "eager_n10_ms": seconds["eager10"] * 1e3,
+            "eager_ratio": seconds["eager10"] / seconds["eager1"], "graph_vs_eager_max_abs": gap}
 
 
 def main() -> None:
@@ -108,6 +149,8 @@ def main() -> None:
     print(f"    (sagr_chain reuses the t+k tokens of {train['sagr_chain']['reused_pairs']:.0%} of the pairs)")
     print(f"(c) predict_action      N=1 {predict['n1_ms']:.1f} ms   N=10 {predict['n10_ms']:.1f} ms   "
           f"ratio {predict['ratio']:.2f}x (target <= 1.5x)")
+    print(f"    eager Euler loop     N=1 {predict['eager_n1_ms']:.1f} ms   N=10 {predict['eager_n10_ms']:.1f} ms   "
+          f"ratio {predict['eager_ratio']:.2f}x; graph vs eager chunk max |diff| {predict['graph_vs_eager_max_abs']:.2e}")
     print(f"total {result['total_s']:.0f}s")
     if args.out is not None:
         args.out.mkdir(parents=True, exist_ok=True)

@@ -265,3 +265,36 @@ def test_target_pass_runs_only_valid_pairs_and_reuses_tk_index(policy):
     assert b["target_pass_ratio"].item() == pytest.approx(1 / 3) and b["target_reuse_ratio"].item() == pytest.approx(1 / 3)
     for k in TERMS:
         torch.testing.assert_close(a[k], b[k], atol=1e-5, rtol=1e-4)
+
+
+def test_fused_target_pass_equals_the_separate_one(tiny_dir):
+    """target_pass: fused appends the t+k frames to the image_t call: one VLM call, same tokens,
+    same losses, same gradients (the appended rows are detached)."""
+    separate = build_policy(tiny_dir)
+    fused = build_policy(tiny_dir, target_pass="fused")
+    assert all(torch.equal(a, b) for a, b in zip(separate.state_dict().values(), fused.state_dict().values(),
+                                                  strict=True))
+    batch = make_batch(lang=["stack the cups", "open the drawer", "stack the cups"], valid=[1.0, 0.0, 1.0])
+    # the direct check: the appended rows' tokens against a no-grad pass of their own
+    run = [0, 2]
+    _, appended = fused._encode_fused(batch.image_t, batch.image_tk, list(batch.lang), None, None, run)
+    with torch.no_grad():
+        o = separate.backbone(batch.image_tk[run], [batch.lang[i] for i in run], all_layers=False)
+        alone = separate._anchor(o.last_hidden_state, o.visual_mask, o.text_mask, batch.image_tk[run], None)
+    assert not appended.requires_grad
+    torch.testing.assert_close(appended, alone, atol=1e-5, rtol=1e-4)
+    calls = []
+    hook = fused.backbone.vlm.register_forward_hook(lambda m, args, kw, o: calls.append(kw["input_ids"].shape[0]),
+                                                    with_kwargs=True)
+    try:
+        out_f, total_f, grads_f = loss_and_grads(fused, batch)
+    finally:
+        hook.remove()
+    assert calls == [B + len(run)]  # one call: the B image_t rows and the 2 valid pairs' t+k frames
+    out_s, total_s, grads_s = loss_and_grads(separate, batch)
+    assert out_f["target_pass_ratio"].item() == pytest.approx(2 / 3) == out_s["target_pass_ratio"].item()
+    for k in TERMS:
+        torch.testing.assert_close(out_f[k], out_s[k], atol=1e-5, rtol=1e-4)
+    assert grads_f.keys() == grads_s.keys()
+    for name, g in grads_s.items():
+        torch.testing.assert_close(grads_f[name], g, atol=1e-5, rtol=1e-3, msg=name)

@@ -14,6 +14,7 @@ from sagrflow.core.config import from_dict, to_dict
 
 FRAMEWORK_NAMES = ("SAGRFlow",)
 WORLD_ACTION_SOURCES = ("teacher", "noisy")
+TARGET_PASSES = ("separate", "fused")
 GEOMETRY_ENCODERS = ("none", "depth", "pointmap", "mapanything")
 LAYER_MODES = ("first", "last")
 DTYPES = ("float32", "bfloat16", "float16")
@@ -54,7 +55,11 @@ class ActionModelConfig:
     state_dim: int = 0  # 0: no state token
     repeated_diffusion_steps: int = 4  # R: noise/time draws per sample and step
     num_inference_timesteps: int = 10  # Euler steps in predict_action
+    cuda_graphs: bool = True  # on a CUDA device, predict_action replays its Euler loop as a CUDA graph
     world_action_source: str = "teacher"  # world predictor sees expert actions or the noisy trajectory
+    # t+k frames no other sample can lend: their own no-grad VLM call ("separate") or rows appended
+    # to the image_t call, detached ("fused": one call fewer, but backward spans those rows too)
+    target_pass: str = "separate"
     loss_w_fm: float = 1.0
     loss_w_dyn: float = 0.2
     loss_w_geo: float = 0.1
@@ -94,6 +99,8 @@ class ActionModelConfig:
                 f"framework.action_model.world_action_source={self.world_action_source!r}: "
                 f"use one of {WORLD_ACTION_SOURCES}"
             )
+        if self.target_pass not in TARGET_PASSES:
+            raise ValueError(f"framework.action_model.target_pass={self.target_pass!r}: use one of {TARGET_PASSES}")
         if self.geometry_encoder not in GEOMETRY_ENCODERS:
             raise ValueError(
                 f"framework.action_model.geometry_encoder={self.geometry_encoder!r}: use one of {GEOMETRY_ENCODERS}"

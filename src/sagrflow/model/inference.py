@@ -5,10 +5,13 @@ Legend: B batch, C cameras, H horizon, A action dim, S state dim, K task tokens,
 
 from __future__ import annotations
 
+from functools import partial
+
 import numpy as np
 import torch
 
 from sagrflow.core.image import to_chw_uint8
+from sagrflow.model.cuda_graphs import GraphCache
 
 
 def observation_images(obs: dict, size: tuple[int, int]) -> torch.Tensor:
@@ -58,13 +61,12 @@ def prepare_observations(policy, observations: list[dict], device: torch.device)
 
 
 def sample_chunk(head, enc, state: torch.Tensor | None, residual: torch.Tensor, num_steps: int,
-                 generator: torch.Generator | None = None):
+                 generator: torch.Generator | None = None, graphs: GraphCache | None = None):
     """Euler-integrate the flow from noise (t = 0) to actions (t = 1) -> (B, H, A) normalized, temb at t = 1.
 
-    What does not change from step to step is computed once: the DiT's cross-attention
-    keys/values, and the time embeddings of all the steps (they depend on t alone), in one
-    batched call. The drift is skipped when the residual is zero everywhere (no memory yet):
-    `DriftHead` maps a zero residual to exactly zero.
+    The noise is drawn here; the integration (`integrate`) is a fixed computation of its
+    tensors, which `graphs` replays as a CUDA graph on a GPU. The drift is skipped when the
+    residual is zero everywhere (no memory yet): `DriftHead` maps a zero residual to exactly zero.
     """
     if num_steps < 1:
         raise ValueError(f"num_inference_timesteps must be >= 1, got {num_steps}")
@@ -73,17 +75,36 @@ def sample_chunk(head, enc, state: torch.Tensor | None, residual: torch.Tensor, 
     # the head's weight dtype, not task_tokens': under autocast those are bf16, and so would be the
     # time grid (0.1 -> 0.10009765625) and the Euler state that sums all the steps
     dtype, device = head.action_out.weight.dtype, enc.task_tokens.device
-    context = head.prepare_context(enc.vl_embs_list, enc.mask)  # cached for all steps
     # noise is drawn where the generator lives (a CPU generator gives the same chunk on any device)
     noise_device = generator.device if generator is not None else device
     x = torch.randn(b, cfg.action_horizon, cfg.action_dim, generator=generator, device=noise_device, dtype=dtype)
-    x = x.to(device)
+    with_drift = bool(residual.any())  # one host read per call, against N drift evaluations
+    dt = 1.0 / num_steps  # the time grid from the host: an exact 1.0 at the end, whatever the rounding of i * dt
+    times = torch.tensor([i * dt for i in range(num_steps)] + [1.0], dtype=dtype).to(device)  # (E + 1,)
+    fn = partial(integrate, head, num_steps, with_drift)
+    inputs = (x.to(device), times, enc.mask, enc.observation, state, residual if with_drift else None,
+              *enc.vl_embs_list)
+    if graphs is None:
+        return fn(*inputs)
+    return graphs.run((num_steps, with_drift), head, fn, inputs)
+
+
+def integrate(head, num_steps: int, with_drift: bool, x: torch.Tensor, times: torch.Tensor, mask: torch.Tensor,
+              observation: torch.Tensor | None, state: torch.Tensor | None, residual: torch.Tensor | None,
+              *vl_embs_list: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """x (B, H, A) noise, times (E + 1,) the grid, mask (B, L), observation (B, W), state (B, S),
+    residual (B, K, W) or None (no drift), one (B, L, D) VLM layer per DiT block
+    -> actions (B, H, A), temb at t = 1 (B, W). Nothing here reads the host: a CUDA graph can hold it.
+
+    What does not change from step to step is computed once: the DiT's cross-attention
+    keys/values, and the time embeddings of all the steps (they depend on t alone), in one
+    batched call."""
+    b = x.shape[0]
+    context = head.prepare_context(list(vl_embs_list), mask)  # cached for all steps
     dt = 1.0 / num_steps
-    times = torch.tensor([i * dt for i in range(num_steps)] + [1.0], device=device, dtype=dtype)  # (E + 1,)
     t_all = times.view(-1, 1).expand(num_steps + 1, b)  # (E + 1, B)
     temb_all = head.time(t_all.reshape(-1)).view(num_steps + 1, b, -1)  # (E + 1, B, W)
-    with_drift = bool(residual.any())  # one host read per call, against N drift evaluations
-    cond_all = temb_all if enc.observation is None else temb_all + enc.observation  # (E + 1, B, W)
+    cond_all = temb_all if observation is None else temb_all + observation  # (E + 1, B, W)
     for i in range(num_steps):
         v = head.velocity(context, x, cond_all[i], state)
         if with_drift:

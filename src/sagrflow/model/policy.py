@@ -20,6 +20,7 @@ from sagrflow.model.action_head import ActionHead
 from sagrflow.model.anchor import SemanticAnchor
 from sagrflow.model.backbone import BackboneOutput, VLMBackbone, select_layers
 from sagrflow.model.config import FrameworkConfig
+from sagrflow.model.cuda_graphs import GraphCache
 from sagrflow.model.geometry import build_geometry_encoder
 from sagrflow.model.target_cache import Entry, TargetCache, pad_entries
 from sagrflow.model.targets import TargetPlan, target_plan
@@ -76,6 +77,7 @@ class SAGRPolicy(nn.Module):
         self._memory: dict = {}
         # t+k VLM outputs of a frozen backbone (trainer.target_cache_mb); not a module: never saved
         self.target_cache: TargetCache | None = None
+        self._graphs = GraphCache()  # predict_action's Euler loops, recorded per shape on a CUDA device
 
     @classmethod
     def from_config(cls, config: FrameworkConfig, action_normalizer: Normalizer | None = None,
@@ -130,8 +132,15 @@ class SAGRPolicy(nn.Module):
         lang = list(batch.lang)
         plan = None if fm_only else target_plan(batch, valid, lang, has_image_tk)  # before any pass: one host read
         cache = self._usable_cache() if plan is not None and plan.keys_t is not None else None
-        # 2. VLM on image_t, with gradients
-        enc = self.encode(image_t, lang, getattr(batch, "depth_t", None), task_tokens=not fm_only)
+        depth_t, depth_tk = getattr(batch, "depth_t", None), getattr(batch, "depth_tk", None)
+        fused = (plan is not None and plan.run and cache is None and am.target_pass == "fused"
+                 and (depth_t is None) == (depth_tk is None))
+        # 2. VLM on image_t, with gradients (fused: the t+k frames of plan.run ride along, detached)
+        fused_next = None
+        if fused:
+            enc, fused_next = self._encode_fused(image_t, image_tk, lang, depth_t, depth_tk, plan.run)
+        else:
+            enc = self.encode(image_t, lang, depth_t, task_tokens=not fm_only)
         if cache is not None:  # a frozen VLM: this frame's last layer can serve a later sample's t+k
             v = enc.vlm
             cache.put(plan.keys_t, v.last_hidden_state, v.lengths, v.visual_mask, v.text_mask)
@@ -141,7 +150,7 @@ class SAGRPolicy(nn.Module):
         counts = (0, 0, 0)
         if not fm_only:  # steps 3-5
             task_tokens_repeated, task_tokens_next_repeated, counts = self._world_targets(
-                enc.task_tokens, image_tk, lang, getattr(batch, "depth_tk", None), valid, plan, cache, r)
+                enc.task_tokens, image_tk, lang, depth_tk, valid, plan, cache, r, fused_next)
         # 6. the action head
         head_out = self.head(
             enc.vl_embs_list,
@@ -178,11 +187,28 @@ class SAGRPolicy(nn.Module):
         cache = self.target_cache
         return cache if cache is not None and cache.usable(self.backbone) else None
 
+    def _encode_fused(self, image_t: torch.Tensor, image_tk: torch.Tensor, lang: list[str],
+                      depth_t: torch.Tensor | None, depth_tk: torch.Tensor | None,
+                      run: list[int]) -> tuple[Encoded, torch.Tensor]:
+        """One VLM call over the B image_t rows with the t+k frames of `run` appended -> the Encoded of
+        the B rows (its `vlm` spans all rows) and the detached task tokens (n_run, K, W) of the others.
+
+        The appended rows are the target pass's inputs; a row's outputs depend on that row alone
+        (right padding, causal attention), so their tokens equal the separate no-grad pass's."""
+        b = image_t.shape[0]
+        rows = _index(run, image_t.device)
+        geometry = None if depth_t is None else torch.cat([depth_t, depth_tk[rows]])
+        enc = self.encode(torch.cat([image_t, image_tk[rows]]), lang + [lang[i] for i in run], geometry)
+        head = Encoded([h[:b] for h in enc.vl_embs_list], enc.mask[:b], enc.task_tokens[:b],
+                       None if enc.observation is None else enc.observation[:b], enc.vlm)
+        return head, enc.task_tokens[b:].detach()
+
     def _world_targets(self, task_tokens: torch.Tensor, image_tk: torch.Tensor, lang: list[str],
                        geometry_tk: torch.Tensor | None, valid: torch.Tensor, plan: TargetPlan,
-                       cache: TargetCache | None, r: int):
+                       cache: TargetCache | None, r: int, computed: torch.Tensor | None = None):
         """Steps 3-5: task tokens (B, K, W) -> repeated current and next tokens (N, K, W), and how many
-        samples' next tokens came from the target pass, from a reused sample, from the cache."""
+        samples' next tokens came from the target pass, from a reused sample, from the cache.
+        `computed` (n_run, K, W): plan.run's tokens already made by the fused call."""
         # 3. t+k tokens, no graph, only for the valid pairs (an invalid pair's target is replaced in 5).
         # A pair whose t+k frame is another sample's t frame (collate's tk_index) reuses those tokens;
         # the rest run the target pass, which skips the frames a frozen VLM has already seen (cache).
@@ -190,8 +216,9 @@ class SAGRPolicy(nn.Module):
         table = current
         passed = cached = 0
         if plan.run:
-            with torch.no_grad():
-                computed, cached = self._target_tokens(image_tk, lang, geometry_tk, plan, cache)
+            if computed is None:
+                with torch.no_grad():
+                    computed, cached = self._target_tokens(image_tk, lang, geometry_tk, plan, cache)
             passed = len(plan.run) - cached
             table = torch.cat([current, computed])  # (B + n_run, K, W): row B + j is run row j
         # one gather: sample i takes its own detached tokens (invalid), a reused sample's, or a computed row
@@ -274,7 +301,7 @@ class SAGRPolicy(nn.Module):
         rrr = torch.where(expected > 0, residual.flatten(1).norm(dim=1) / expected.clamp_min(1e-12),
                           torch.zeros_like(expected))
         x, temb_end = sample_chunk(self.head, enc, state, residual, num_steps or am.num_inference_timesteps,
-                                   generator)
+                                   generator, self._graphs if am.cuda_graphs else None)
         noisy = am.world_action_source == "noisy"
         pred_next = self.head.predict_next(enc.task_tokens, x, state, temb_end if noisy else None)
         for i, k in enumerate(keys):
