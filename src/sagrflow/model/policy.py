@@ -282,7 +282,8 @@ class SAGRPolicy(nn.Module):
         {"actions": (B, H, A) un-normalized, "actions_normalized": (B, H, A), "rrr": (B,), "replan": (B,) bool}.
 
         One VLM pass; the DiT's cross-attention keys/values are computed once and reused by
-        every Euler step. The drift sees the observed residual: the tokens seen now minus
+        every Euler step, and on a CUDA device the Euler loop is replayed as a CUDA graph
+        (framework.action_model.cuda_graphs). The drift sees the observed residual: the tokens seen now minus
         what the policy predicted for them at its previous call of the same episode.
         """
         from sagrflow.model.inference import prepare_observations, sample_chunk
