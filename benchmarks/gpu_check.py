@@ -9,6 +9,8 @@ On model_step.py's "mid" random config (Qwen2.5-VL language model of 8 layers x 
                      chains t, t+k, ..., collate's tk_index lets 3 of every 4 pairs reuse tokens
         sagr_chain_fused  as sagr_chain, with framework.action_model.target_pass fused: the 4
                      remaining t+k frames ride in the image_t VLM call instead of a call of their own
+        sagr_chain_fused_compiled  as sagr_chain_fused, with framework.action_model.compile_world:
+                     the anchor, world predictor and drift under torch.compile (compiled before timing)
         fm_only_hf_vision fm_only with transformers' own vision-tower path (an attention call per
                      window or image, positions built on the device), which sagrflow replaces
       and the ratio of each to fm_only;
@@ -37,23 +39,29 @@ import sagrflow.model.backbone as backbone_module
 from model_step import CAMS, SIDE, S, alternate, build, fake_batch, train_step
 from sagrflow.model.qwen_vision import PATCHED
 
-# mode -> (fm_only, chain_length, framework.action_model.target_pass)
-TRAIN_MODES = {"fm_only": (True, 1, "separate"), "sagr_naive": (False, 1, "separate"),
-               "sagr_chain": (False, 4, "separate"), "sagr_chain_fused": (False, 4, "fused")}
+# mode -> (fm_only, chain_length, framework.action_model.target_pass, compile_world)
+TRAIN_MODES = {"fm_only": (True, 1, "separate", False), "sagr_naive": (False, 1, "separate", False),
+               "sagr_chain": (False, 4, "separate", False), "sagr_chain_fused": (False, 4, "fused", False),
+               "sagr_chain_fused_compiled": (False, 4, "fused", True)}
 
 
-def train_times(policy, batch_size: int, iters: int, device: str, dtype) -> dict[str, dict[str, float]]:
-    """Median seconds per optimizer step of each mode, and the peak memory of one step on CUDA."""
-    optimizer = torch.optim.AdamW(policy.parameters(), lr=1e-5)
-    batches = {m: fake_batch(batch_size, device, chain) for m, (_, chain, _) in TRAIN_MODES.items()}
+def train_times(policies: dict[bool, object], batch_size: int, iters: int, device: str,
+                dtype) -> dict[str, dict[str, float]]:
+    """Median seconds per optimizer step of each mode, and the peak memory of one step on CUDA.
+    `policies`: compile_world -> a policy (the same weights)."""
+    optimizers = {c: torch.optim.AdamW(p.parameters(), lr=1e-5) for c, p in policies.items()}
+    batches = {m: fake_batch(batch_size, device, chain) for m, (_, chain, _, _) in TRAIN_MODES.items()}
 
     def step(mode: str) -> None:
-        fm, _, target_pass = TRAIN_MODES[mode]
-        policy.config.action_model.target_pass = target_pass
-        train_step(policy, batches[mode], fm, optimizer, dtype)
+        fm, _, target_pass, compiled = TRAIN_MODES[mode]
+        policies[compiled].config.action_model.target_pass = target_pass
+        train_step(policies[compiled], batches[mode], fm, optimizers[compiled], dtype)
 
     steps = {m: partial(step, m) for m in TRAIN_MODES}
-    steps["fm_only_hf_vision"] = partial(hf_vision, policy, steps["fm_only"])
+    steps["fm_only_hf_vision"] = partial(hf_vision, policies[False], steps["fm_only"])
+    compile_start = time.perf_counter()
+    steps["sagr_chain_fused_compiled"]()  # the compile, outside the timing (alternate warms up once more)
+    compile_s = time.perf_counter() - compile_start
     seconds = alternate(steps, iters, device)
     out = {m: {"ms": seconds[m] * 1e3} for m in steps}
     if device.startswith("cuda"):
@@ -66,6 +74,7 @@ def train_times(policy, batch_size: int, iters: int, device: str, dtype) -> dict
         out[m]["ratio_to_fm_only"] = out[m]["ms"] / out["fm_only"]["ms"]
     tk = batches["sagr_chain"].tk_index
     out["sagr_chain"]["reused_pairs"] = float((tk >= 0).float().mean())
+    out["sagr_chain_fused_compiled"]["first_step_s"] = compile_s
     return out
 
 
@@ -132,9 +141,11 @@ def main() -> None:
     dtype = torch.bfloat16 if args.dtype == "bf16" else None
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")  # transformers' weight-loading bars, per build
     start = time.perf_counter()
-    policy = build(name, Path(tempfile.mkdtemp(prefix="sagrflow-gpu-check-")), args.device)
+    root = Path(tempfile.mkdtemp(prefix="sagrflow-gpu-check-"))
+    policy = build(name, root, args.device)
     built = time.perf_counter() - start
-    train = train_times(policy, batch_size, iters, args.device, dtype)
+    train = train_times({False: policy, True: build(name, root, args.device, compile_world=True)},
+                        batch_size, iters, args.device, dtype)
     predict = predict_times(policy, iters, args.device, dtype)
     device = torch.cuda.get_device_name(args.device) if args.device.startswith("cuda") else "cpu"
     result = {"device": device, "torch": torch.__version__, "config": name, "batch_size": batch_size, "iters": iters,
@@ -142,11 +153,12 @@ def main() -> None:
               "train": train, "predict_action": predict, "build_s": built, "total_s": time.perf_counter() - start}
     print(f"{device}, torch {torch.__version__}, {name} config ({result['params_m']:.1f}M params), batch {batch_size}, "
           f"autocast {args.dtype}, medians of {iters} interleaved runs, built in {built:.0f}s")
-    print(f"(a) optimizer step      {'ms':>8} {'x fm_only':>10} {'peak MiB':>9}")
+    print(f"(a) optimizer step              {'ms':>8} {'x fm_only':>10} {'peak MiB':>9}")
     for mode, row in train.items():
         peak = f"{row['peak_mib']:9.0f}" if "peak_mib" in row else f"{'-':>9}"
-        print(f"    {mode:18s} {row['ms']:8.1f} {row['ratio_to_fm_only']:9.2f}x {peak}")
-    print(f"    (sagr_chain reuses the t+k tokens of {train['sagr_chain']['reused_pairs']:.0%} of the pairs)")
+        print(f"    {mode:26s} {row['ms']:8.1f} {row['ratio_to_fm_only']:9.2f}x {peak}")
+    print(f"    (sagr_chain reuses the t+k tokens of {train['sagr_chain']['reused_pairs']:.0%} of the pairs; "
+          f"the compiled world modules' first step took {train['sagr_chain_fused_compiled']['first_step_s']:.0f}s)")
     print(f"(c) predict_action      N=1 {predict['n1_ms']:.1f} ms   N=10 {predict['n10_ms']:.1f} ms   "
           f"ratio {predict['ratio']:.2f}x (target <= 1.5x)")
     print(f"    eager Euler loop     N=1 {predict['eager_n1_ms']:.1f} ms   N=10 {predict['eager_n10_ms']:.1f} ms   "

@@ -43,12 +43,13 @@ CONFIGS = {
 H, A, S, CAMS, SIDE, K = 8, 7, 8, 2, 224, 7
 
 
-def build(name: str, root: Path, device: str) -> SAGRPolicy:
+def build(name: str, root: Path, device: str, **action_model) -> SAGRPolicy:
+    """The named config's policy (seeded: the same weights every call); `action_model` overrides keys."""
     hidden, layers = CONFIGS[name]["llm"]
     path = root / name
     if not (path / "config.json").exists():
         make_tiny("qwen2_5_vl", path, hidden_size=hidden, num_layers=layers)
-    am = {"action_horizon": H, "action_dim": A, "state_dim": S, **CONFIGS[name]["action_model"]}
+    am = {"action_horizon": H, "action_dim": A, "state_dim": S, **CONFIGS[name]["action_model"], **action_model}
     cfg = FrameworkConfig.from_dict({"backbone": {"path": str(path)}, "action_model": am})
     torch.manual_seed(0)
     return SAGRPolicy.from_config(cfg).to(device)

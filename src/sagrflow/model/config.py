@@ -56,6 +56,9 @@ class ActionModelConfig:
     repeated_diffusion_steps: int = 4  # R: noise/time draws per sample and step
     num_inference_timesteps: int = 10  # Euler steps in predict_action
     cuda_graphs: bool = True  # on a CUDA device, predict_action replays its Euler loop as a CUDA graph
+    # torch.compile the modules only SA-GR runs (anchor, world predictor, drift): a few fused kernels
+    # in place of hundreds of small ones, for a compile of tens of seconds at the first step
+    compile_world: bool = False
     world_action_source: str = "teacher"  # world predictor sees expert actions or the noisy trajectory
     # t+k frames no other sample can lend: their own no-grad VLM call ("separate") or rows appended
     # to the image_t call, detached ("fused": one call fewer, but backward spans those rows too)

@@ -69,6 +69,9 @@ class SAGRPolicy(nn.Module):
         self.anchor = SemanticAnchor(backbone.hidden_size, am.dit_width, am.dit_heads, am.num_task_tokens,
                                      geometry=am.use_geometric_branch)
         self.head = ActionHead(am, backbone.hidden_size, depth)
+        if am.compile_world:  # in place: parameter names, and so checkpoints, stay as they are
+            for module in (self.anchor, self.head.world, self.head.drift):
+                module.compile(dynamic=True)
         for name, norm, dim in (("action", action_normalizer, am.action_dim), ("state", state_normalizer, am.state_dim)):
             if norm is not None and norm.dim != dim:
                 raise ValueError(f"{name} normalizer is {norm.dim}-dim but framework.action_model.{name}_dim={dim}")
