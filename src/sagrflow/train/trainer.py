@@ -67,6 +67,7 @@ class Trainer:
         resume_from = ckpt.resolve_resume(t.resume, self.run_dir)
         self.policy = self._build_policy(resume_from)
         freeze(self.policy, t.freeze_modules)
+        self.policy.to(acc.device)  # before the optimizer: on CUDA it is built fused (one kernel per step)
         self.policy.target_cache = _target_cache(self.policy, t)
         optimizer = build_optimizer(self.policy, t)
         self.scheduler = build_scheduler(optimizer, t)
