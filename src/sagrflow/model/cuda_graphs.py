@@ -23,27 +23,33 @@ from torch import nn
 
 
 class _Graph:
+    """Everything runs with the inputs' GPU as the current device: a model on cuda:1 while cuda:0 is
+    current would otherwise run off the capture stream, leaving an empty graph."""
+
     def __init__(self, fn: Callable, inputs: Sequence[torch.Tensor | None]):
-        self.inputs = [None if t is None else t.clone() for t in inputs]
-        device = next(t for t in inputs if t is not None).device
+        self.device = next(t for t in inputs if t is not None).device
         autocast = dict(device_type="cuda", enabled=torch.is_autocast_enabled("cuda"),
                         dtype=torch.get_autocast_dtype("cuda"), cache_enabled=False)  # a cache cannot live in a graph
-        side = torch.cuda.Stream(device)
-        side.wait_stream(torch.cuda.current_stream(device))
-        with torch.cuda.stream(side), torch.autocast(**autocast):
-            for _ in range(2):  # warm-up off the capture: lazy initialisations, workspace allocations
-                fn(*self.inputs)
-        torch.cuda.current_stream(device).wait_stream(side)
-        self.graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(self.graph), torch.autocast(**autocast):
-            self.outputs = fn(*self.inputs)
+        with torch.cuda.device(self.device):
+            self.inputs = [None if t is None else t.clone() for t in inputs]
+            side = torch.cuda.Stream()
+            side.wait_stream(torch.cuda.current_stream())
+            with torch.cuda.stream(side), torch.autocast(**autocast):
+                for _ in range(2):  # warm-up off the capture: lazy initialisations, workspace allocations
+                    fn(*self.inputs)
+            torch.cuda.current_stream().wait_stream(side)
+            self.graph = torch.cuda.CUDAGraph()
+            # the outer stream context restores the caller's stream even when a failed capture raises on exit
+            with torch.cuda.stream(side), torch.cuda.graph(self.graph, stream=side), torch.autocast(**autocast):
+                self.outputs = fn(*self.inputs)
 
     def __call__(self, inputs: Sequence[torch.Tensor | None]):
-        for buffer, t in zip(self.inputs, inputs, strict=True):
-            if buffer is not None:
-                buffer.copy_(t)
-        self.graph.replay()
-        return tuple(t.clone() for t in self.outputs)
+        with torch.cuda.device(self.device):
+            for buffer, t in zip(self.inputs, inputs, strict=True):
+                if buffer is not None:
+                    buffer.copy_(t)
+            self.graph.replay()
+            return tuple(t.clone() for t in self.outputs)
 
 
 class GraphCache:
