@@ -267,11 +267,12 @@ def test_target_pass_runs_only_valid_pairs_and_reuses_tk_index(policy):
         torch.testing.assert_close(a[k], b[k], atol=1e-5, rtol=1e-4)
 
 
-def test_fused_target_pass_equals_the_separate_one(tiny_dir):
+@pytest.mark.parametrize("arch", ["qwen2_5_vl", "qwen3_vl", "llava"])
+def test_fused_target_pass_equals_the_separate_one(tiny_dirs, arch):
     """target_pass: fused appends the t+k frames to the image_t call: one VLM call, same tokens,
     same losses, same gradients (the appended rows are detached)."""
-    separate = build_policy(tiny_dir)
-    fused = build_policy(tiny_dir, target_pass="fused")
+    separate = build_policy(tiny_dirs[arch])
+    fused = build_policy(tiny_dirs[arch], target_pass="fused")
     assert all(torch.equal(a, b) for a, b in zip(separate.state_dict().values(), fused.state_dict().values(),
                                                   strict=True))
     batch = make_batch(lang=["stack the cups", "open the drawer", "stack the cups"], valid=[1.0, 0.0, 1.0])
