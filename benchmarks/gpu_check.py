@@ -37,7 +37,7 @@ import torch
 
 import sagrflow.model.backbone as backbone_module
 from model_step import CAMS, SIDE, S, alternate, build, fake_batch, train_step
-from sagrflow.model.qwen_vision import PATCHED
+from sagrflow.model.qwen_vision import PATCHED, llm_positions
 
 # mode -> (fm_only, chain_length, framework.action_model.target_pass, compile_world)
 TRAIN_MODES = {"fm_only": (True, 1, "separate", False), "sagr_naive": (False, 1, "separate", False),
@@ -79,23 +79,25 @@ def train_times(policies: dict[bool, object], batch_size: int, iters: int, devic
 
 
 def hf_vision(policy, fn) -> None:
-    """fn() with transformers' own vision-tower path: one attention call per window or image, and
-    the tower's positions and boundaries built on the device (what sagrflow replaces)."""
+    """fn() with transformers' own vision-tower path: one attention call per window or image, and the
+    tower's positions and boundaries built on the device (what sagrflow replaces)."""
     modules = [m for m in policy.backbone.vlm.modules() if "forward" in vars(m) and type(m).__name__ in PATCHED]
     saved = [vars(m).pop("forward") for m in modules]
-    original = backbone_module.host_vision_inputs
-    backbone_module.host_vision_inputs = lambda *a, **k: {}
+    original = backbone_module.host_position_inputs
+    # the LLM's positions stay host-built, as in the README's measurements of this mode
+    backbone_module.host_position_inputs = lambda model, inputs, device: {
+        "position_ids": llm_positions(model, inputs).to(device)}
     try:
         fn()
     finally:
-        backbone_module.host_vision_inputs = original
+        backbone_module.host_position_inputs = original
         for m, f in zip(modules, saved, strict=True):
             m.forward = f
 
 
 def predict_times(policy, iters: int, device: str, dtype) -> dict[str, float]:
-    """predict_action at N=1 and N=10 (CUDA graphs on, the default), N=10 eager for reference, and the
-    largest difference between the graph's and the eager chunk for the same noise."""
+    """predict_action at N=1 and N=10, with CUDA graphs (the default) and eager, and the largest
+    difference between the graph's and the eager chunk for the same noise."""
     policy.eval()
     rng = np.random.default_rng(0)
     obs = [{"image": [rng.integers(0, 256, (SIDE, SIDE, 3), dtype=np.uint8) for _ in range(CAMS)],

@@ -25,7 +25,7 @@ import torch
 from torch import nn
 
 from sagrflow.model.pixels import qwen_pixels
-from sagrflow.model.qwen_vision import batch_segments, host_vision_inputs
+from sagrflow.model.qwen_vision import batch_segments, host_position_inputs
 
 ARCHS = ("qwen2_5_vl", "qwen3_vl", "llava")
 TINY_PREFIX = "tiny:"
@@ -193,14 +193,9 @@ class VLMBackbone(nn.Module):
         cpu_inputs = self.prepare_inputs(images, lang)
         positions = cpu_inputs.pop("visual_pos")  # (B*V, 3): not a VLM input
         lengths = cpu_inputs["attention_mask"].sum(1).tolist()
-        if self.arch != "llava":  # the model's own M-RoPE positions, built from the host copies: its
-            # per-sample loop would otherwise run on the device, reading each sample back to the host
-            cpu_inputs["position_ids"], _ = self.vlm.get_rope_index(
-                cpu_inputs["input_ids"], cpu_inputs["mm_token_type_ids"], image_grid_thw=cpu_inputs["image_grid_thw"],
-                attention_mask=cpu_inputs["attention_mask"])  # (3, B, L)
         inputs = {k: v.to(device) for k, v in cpu_inputs.items()}
-        if self.arch != "llava":  # the tower's positions and boundaries, also from the host grid
-            inputs.update(host_vision_inputs(self.vlm, cpu_inputs["image_grid_thw"], device))
+        if self.arch != "llava":  # positions from the host copies, not from per-sample loops on the device
+            inputs.update(host_position_inputs(self.vlm, cpu_inputs, device))
         if "pixel_values" in inputs:
             inputs["pixel_values"] = inputs["pixel_values"].to(self.vlm.dtype)
         out = self.vlm(**inputs, output_hidden_states=all_layers, use_cache=False, return_dict=True)

@@ -1,16 +1,17 @@
-"""Qwen vision towers without per-image and per-window host round trips.
+"""Qwen VLMs without per-sample, per-image and per-window host round trips.
 
-transformers' Qwen2.5-VL and Qwen3-VL towers, without flash-attention, do two things whose
-cost grows with the number of images and is paid by the host, not the GPU:
-  - they build rotary positions, window indices and sequence boundaries in Python loops
-    over `grid_thw`, which sits on the device, reading it back image by image;
+transformers' Qwen2.5-VL and Qwen3-VL models, without flash-attention, do two things whose
+cost grows with the batch and is paid by the host, not the GPU:
+  - they build the LLM's M-RoPE positions, and the tower's rotary positions, window indices
+    and sequence boundaries, in Python loops over device tensors (`input_ids`, `grid_thw`),
+    reading them back sample by sample and image by image;
   - their attention splits the patch sequence at `cu_seqlens` (images, or windows of an
     image) and calls attention once per piece, reading the lengths back in every layer.
 A batch of 16 samples with two 224 px cameras makes hundreds of such calls per layer, and
 the host sets the step time. Here:
-  - `host_vision_inputs` runs transformers' own helpers on the host copy of `grid_thw`
-    (the same functions, so the same tensors) and hands them to the model through its
-    precomputed `image_*` keyword arguments;
+  - `host_position_inputs` runs transformers' own code on the host copies of the inputs
+    (the same functions, so the same tensors) and hands the results to the model as its
+    `position_ids` and precomputed `image_*` keyword arguments;
   - `batch_segments` gives each vision attention module a forward that sends all pieces
     through one `scaled_dot_product_attention`: a view when they share one length (a fixed
     image size), otherwise padded to the longest with the padding keys masked. Queries
@@ -37,7 +38,7 @@ PATCHED = ("Qwen2_5_VLVisionAttention", "Qwen3VLVisionAttention")
 class _Lengths:
     """Host piece lengths of the `cu_seqlens` tensors a tower pass uses (two per pass at most).
 
-    `host_vision_inputs` registers them when it builds the tensors, so no layer reads the device;
+    `host_position_inputs` registers them when it builds the tensors, so no layer reads the device;
     a tensor it did not build is read back once and remembered. Strong references keep the
     identities unambiguous; the table holds the latest few."""
 
@@ -59,11 +60,15 @@ class _Lengths:
         return lengths
 
 
-def host_vision_inputs(model: nn.Module, grid_thw: torch.Tensor, device: torch.device) -> dict[str, torch.Tensor]:
-    """A Qwen VLM and the host (N, 3) image grid -> the tower's precomputed `image_*` keyword inputs on
-    `device` (rotary positions, sequence boundaries, and window order or position interpolation)."""
+def host_position_inputs(model: nn.Module, inputs: dict[str, torch.Tensor],
+                         device: torch.device) -> dict[str, torch.Tensor]:
+    """A Qwen VLM and its host keyword inputs (input_ids, mm_token_type_ids, attention_mask (B, L),
+    image_grid_thw (N, 3)) -> on `device`: the LLM's `position_ids` (3, B, L) and the tower's
+    precomputed `image_*` inputs (rotary positions, sequence boundaries, and window order or
+    position interpolation)."""
     from transformers import vision_utils as vu
 
+    grid_thw = inputs["image_grid_thw"]
     visual = model.visual
     merge = visual.spatial_merge_size
     out = {"position_ids": vu.get_vision_position_ids(grid_thw, merge), "cu_seqlens": vu.get_vision_cu_seqlens(grid_thw)}
@@ -78,7 +83,16 @@ def host_vision_inputs(model: nn.Module, grid_thw: torch.Tensor, device: torch.d
     for key in ("cu_seqlens", "cu_window_seqlens"):
         if key in out:
             _Lengths.remember(moved[key], tuple(out[key].diff().tolist()))
-    return {f"image_{k}": v for k, v in moved.items()}
+    return {"position_ids": llm_positions(model, inputs).to(device, non_blocking=True),
+            **{f"image_{k}": v for k, v in moved.items()}}
+
+
+def llm_positions(model: nn.Module, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
+    """The LLM's M-RoPE positions (3, B, L) from host keyword inputs, by the model's own `get_rope_index`."""
+    position_ids, _ = model.get_rope_index(inputs["input_ids"], inputs["mm_token_type_ids"],
+                                           image_grid_thw=inputs["image_grid_thw"],
+                                           attention_mask=inputs["attention_mask"])
+    return position_ids
 
 
 @lru_cache(maxsize=16)
