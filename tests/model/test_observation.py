@@ -7,7 +7,7 @@ import torch
 
 from sagrflow.model.backbone import VLMBackbone
 from sagrflow.model.config import ActionModelConfig
-from sagrflow.model.observation import MAX_CAMERAS, ObservationSummary
+from sagrflow.model.observation import MAX_CAMERAS, ObservationSummary, keypoints
 
 from .conftest import build_policy, make_batch
 
@@ -79,3 +79,34 @@ def test_observation_basis_is_validated_and_zero_turns_the_summary_off(tiny_dir)
         with_summary(make_batch())["loss_fm"].mean().backward()
         opt.step()
     assert with_summary.head.observation.proj.weight.grad.abs().sum() > 0
+
+
+def test_keypoints_read_where_a_feature_fires_per_camera():
+    # 2 cameras of a 2x2 grid (tokens 1-4, 5-8), token 0 text; one feature
+    _, visual, pos, _ = _summary_inputs()
+    cam = torch.nn.functional.one_hot(pos[..., 0].long(), MAX_CAMERAS).float() * visual.unsqueeze(-1)
+    logits = torch.zeros(2, 10, 1)
+    logits[0, 2] = 50.0  # camera 0, row 0, column 1
+    logits[0, 0] = 99.0  # a text token: not a place in any camera
+    logits[1, 5] = logits[1, 6] = 50.0  # camera 1, row 0, columns 0 and 1 alike: between them
+    points = keypoints(logits, cam, pos[..., 1:3])  # (B, C, F, 2), in [-1, 1]
+    torch.testing.assert_close(points[0, 0, 0], torch.tensor([-0.5, 0.5]))
+    torch.testing.assert_close(points[1, 1, 0], torch.tensor([-0.5, 0.0]))
+    torch.testing.assert_close(points[0, 1, 0], torch.tensor([0.0, 0.0]))  # flat logits: the grid's centre
+    assert torch.all(points[:, 2:] == 0)  # cameras without tokens, not NaN
+
+
+def test_observation_layer_picks_the_hidden_state_and_is_validated(tiny_dir):
+    policy = build_policy(tiny_dir).eval()  # default: layer 0, the vision tower's tokens
+    batch = make_batch()
+    with torch.no_grad():
+        enc = policy.encode(batch.image_t, list(batch.lang))
+        vlm = enc.vlm
+        expect = policy.head.observation(vlm.hidden_states[0], vlm.visual_mask, vlm.visual_pos, vlm.text_mask)
+        torch.testing.assert_close(enc.observation, expect)
+        last = policy.head.observation(vlm.last_hidden_state, vlm.visual_mask, vlm.visual_pos, vlm.text_mask)
+        assert not torch.allclose(enc.observation, last, atol=1e-4)
+    depth = policy.backbone.num_layers
+    with pytest.raises(ValueError, match="observation_layer"):
+        build_policy(tiny_dir, observation_layer=depth + 1)
+    build_policy(tiny_dir, observation_layer=-(depth + 1))  # the first of the hidden states, counted from the end

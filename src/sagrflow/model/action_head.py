@@ -95,8 +95,11 @@ class ActionHead(nn.Module):
         """A `BackboneOutput` -> the observation summary (B, W) that joins the time embedding, or None."""
         if self.observation is None:
             return None
-        return self.observation(vlm.last_hidden_state.to(self.action_out.weight.dtype), vlm.visual_mask, vlm.visual_pos,
-                                vlm.text_mask)
+        layer = self.cfg.observation_layer
+        hidden = vlm.last_hidden_state if vlm.hidden_states is None else vlm.hidden_states[layer]
+        if vlm.hidden_states is None and layer != -1:
+            raise ValueError(f"observation_layer={layer} needs every hidden state: encode with all_layers=True")
+        return self.observation(hidden.to(self.action_out.weight.dtype), vlm.visual_mask, vlm.visual_pos, vlm.text_mask)
 
     def velocity(self, context: list[KV], x_t: torch.Tensor, temb: torch.Tensor,
                  state: torch.Tensor | None) -> torch.Tensor:

@@ -81,6 +81,9 @@ class ActionModelConfig:
     # visual tokens pooled against a (camera, row, column) basis into the AdaLN conditioning
     # (model/observation.py); basis functions per image axis, 0 = off
     observation_basis: int = 4
+    # the hidden state the summary reads: 0 = the VLM's input embeddings (at image positions, the
+    # vision tower's tokens, before the language model mixes them), -1 = the last layer
+    observation_layer: int = 0
 
     def __post_init__(self) -> None:
         for name in ("action_horizon", "action_dim", "repeated_diffusion_steps", "num_inference_timesteps",

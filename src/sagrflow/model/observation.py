@@ -15,6 +15,19 @@ instruction picks what to look at) and joins the pooled coefficients at the MLP'
 On the sim's goal suite, where only the instruction says which block to move, this
 gating is what lets the head bind the words to the place.
 
+Next to that linear pooling, a spatial softmax per camera and feature (`keypoints`) reads
+out where each feature fires: the expected (row, column) under a softmax of the feature over
+the camera's tokens. A linear pooling can only say where at the resolution of its basis and
+the token grid; a keypoint lands between token centres. It reads the hidden state that
+`framework.action_model.observation_layer` names, by default the VLM's input embeddings, whose
+image positions hold the vision tower's tokens before the language model mixes them.
+
+On the sim's goal suite, probes trained as plain regressions for 2000 steps at batch 16 and
+scored closed-loop on 40 episodes put numbers on these choices: the last layer, 4x4 tokens
+per camera: 0/40; the vision tower's tokens: 8/40; and at 8x8 tokens: 23/40 (benchmarks/readout_probe.py). The
+flow-matching policy built on the same summary, trained the same way, stays at 1 to 3 of
+40: the rest of the gap is in the head, not in what the summary carries.
+
 The result joins the time embedding in the DiT's AdaLN, whose modulations start at zero:
 at step 0 the head is the plain DiT either way, and the summary's gradients flow from
 the first update of those modulations on.
@@ -41,8 +54,9 @@ class ObservationSummary(nn.Module):
         self.norm = nn.LayerNorm(vlm_dim)
         self.proj = nn.Linear(vlm_dim, FEATURES)
         self.text = nn.Linear(vlm_dim, 2 * FEATURES)  # pooled instruction -> (gate, features)
-        self.mlp = nn.Sequential(nn.Linear(FEATURES * (MAX_CAMERAS * basis * basis + 1), 4 * width), nn.SiLU(),
-                                 nn.Linear(4 * width, width))
+        self.log_temperature = nn.Parameter(torch.zeros(FEATURES))  # keypoint softmax sharpness per feature
+        inputs = FEATURES * (MAX_CAMERAS * basis * basis + 1) + FEATURES * MAX_CAMERAS * 2
+        self.mlp = nn.Sequential(nn.Linear(inputs, 4 * width), nn.SiLU(), nn.Linear(4 * width, width))
 
     def forward(self, hidden: torch.Tensor, visual_mask: torch.Tensor, visual_pos: torch.Tensor,
                 text_mask: torch.Tensor) -> torch.Tensor:
@@ -66,5 +80,19 @@ class ObservationSummary(nn.Module):
         pooled = torch.einsum("blf,blp->bfp", feats, basis)  # (B, F, C*K*K)
         per_camera = cam.sum(1).clamp_min(1.0).sqrt()  # (B, C): coefficients of unit scale, whatever the grid
         pooled = pooled.view(*pooled.shape[:2], MAX_CAMERAS, -1) / per_camera[:, None, :, None]
-        pooled = torch.cat([pooled.flatten(1), words], dim=1)
+        points = keypoints(feats * self.log_temperature.exp(), cam, visual_pos[..., 1:3].float())  # (B, C, F, 2)
+        pooled = torch.cat([pooled.flatten(1), points.flatten(1), words], dim=1)
         return self.mlp(pooled.to(self.mlp[0].weight.dtype))  # (B, W)
+
+
+def keypoints(logits: torch.Tensor, cam: torch.Tensor, rowcol: torch.Tensor) -> torch.Tensor:
+    """Spatial softmax: logits (B, L, F), cam (B, L, C) 0/1 camera membership of each token, rowcol
+    (B, L, 2) in [0, 1] -> (B, C, F, 2) the expected (row, column) of each feature, in [-1, 1], per camera.
+
+    A feature that fires on one thing (the named block) reads out where that thing is, between
+    token centres too, as a linear pooling cannot; cameras without tokens read (0, 0).
+    """
+    member = cam.transpose(1, 2).unsqueeze(2) > 0  # (B, C, 1, L)
+    scores = logits.transpose(1, 2).unsqueeze(1).masked_fill(~member, float("-inf"))  # (B, C, F, L)
+    weights = scores.softmax(-1).nan_to_num(0.0)  # rows of a camera with no tokens are all -inf
+    return weights @ (2 * rowcol.unsqueeze(1) - 1)  # (B, C, F, L) @ (B, 1, L, 2)

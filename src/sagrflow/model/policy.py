@@ -63,6 +63,10 @@ class SAGRPolicy(nn.Module):
         self.config = config
         depth = am.dit_depth if am.dit_depth is not None else backbone.num_layers
         self.layer_ids = select_layers(config.backbone.layers, depth, backbone.num_layers)
+        n = backbone.num_layers
+        if am.observation_basis and not -(n + 1) <= am.observation_layer <= n:
+            raise ValueError(f"framework.action_model.observation_layer={am.observation_layer} is outside the VLM's "
+                             f"hidden states: 0 (input embeddings) to {n}, or -1 to -{n + 1} from the last")
         self.backbone = backbone
         self.geometry = (build_geometry_encoder(am.geometry_encoder, am.dit_width, am.geometry_checkpoint)
                          if am.use_geometric_branch else None)
