@@ -96,9 +96,12 @@ class ActionHead(nn.Module):
         if self.observation is None:
             return None
         layer = self.cfg.observation_layer
-        hidden = vlm.last_hidden_state if vlm.hidden_states is None else vlm.hidden_states[layer]
-        if vlm.hidden_states is None and layer != -1:
-            raise ValueError(f"observation_layer={layer} needs every hidden state: encode with all_layers=True")
+        if vlm.hidden_states is None:
+            if layer != -1:
+                raise ValueError(f"observation_layer={layer} needs every hidden state: encode with all_layers=True")
+            hidden = vlm.last_hidden_state
+        else:
+            hidden = vlm.hidden_states[layer]
         return self.observation(hidden.to(self.action_out.weight.dtype), vlm.visual_mask, vlm.visual_pos, vlm.text_mask)
 
     def velocity(self, context: list[KV], x_t: torch.Tensor, temb: torch.Tensor,

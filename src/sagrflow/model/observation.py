@@ -23,10 +23,10 @@ the token grid; a keypoint lands between token centres. It reads the hidden stat
 image positions hold the vision tower's tokens before the language model mixes them.
 
 On the sim's goal suite, probes trained as plain regressions for 2000 steps at batch 16 and
-scored closed-loop on 40 episodes put numbers on these choices: the last layer, 4x4 tokens
-per camera: 0/40; the vision tower's tokens: 8/40; and at 8x8 tokens: 23/40 (benchmarks/readout_probe.py). The
-flow-matching policy built on the same summary, trained the same way, stays at 1 to 3 of
-40: the rest of the gap is in the head, not in what the summary carries.
+scored closed-loop on 40 episodes (benchmarks/readout_probe.py) put numbers on these
+choices: the last layer, 4x4 tokens per camera: 0/40; the vision tower's tokens: 8/40; and
+at 8x8 tokens: 23/40. The flow-matching policy built on the same summary, trained the same
+way, stays at 1 to 3 of 40: the rest of the gap is in the head, not in what the summary carries.
 
 The result joins the time embedding in the DiT's AdaLN, whose modulations start at zero:
 at step 0 the head is the plain DiT either way, and the summary's gradients flow from
