@@ -25,6 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from sagrflow.core.image import to_chw_uint8
 from sagrflow.data.config import VlaDataConfig
 from sagrflow.data.loader import TemporalLoader, build_dataset
 
@@ -94,12 +95,11 @@ class ProbePolicy:
         self.lang[slot] = episode.instruction
 
     def act(self, observations, slots):
-        from sagrflow.eval.policies import Chunk
+        from sagrflow.eval.policies import CAMERAS, Chunk
 
-        img = torch.stack([torch.stack([torch.from_numpy(np.ascontiguousarray(o[k])).permute(2, 0, 1)
-                                        for k in ("image", "wrist_image")]) for o in observations])
-        img = F.interpolate(img.flatten(0, 1).float(), size=(self.size, self.size), mode="bilinear", antialias=True)
-        img = img.round().clamp(0, 255).to(torch.uint8).view(len(slots), 2, 3, self.size, self.size)
+        # the loader's own resize, so the probe sees at evaluation what it trained on
+        img = torch.stack([to_chw_uint8(np.stack([o[k] for k in CAMERAS]), (self.size, self.size))
+                           for o in observations])  # (B, C, 3, h, w) uint8
         state = torch.from_numpy(self.sn.normalize(np.stack([o["state"] for o in observations]).astype(np.float32)))
         lang = [self.lang[s] for s in slots]
         with torch.no_grad():
