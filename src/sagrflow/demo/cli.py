@@ -10,7 +10,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     demo.add_argument("--ablate", choices=("fm_only",), default=None,
                       help="train the plain flow-matching baseline instead (its number joins the SA-GR report)")
     demo.add_argument("--suite", default=None, help="sim family or all (default: goal)")
-    demo.add_argument("--train-steps", type=int, default=None, help="optimizer steps (default: 3000)")
+    demo.add_argument("--train-steps", type=int, default=None, help="optimizer steps (default: 2000)")
     demo.add_argument("--demo-episodes", type=int, default=None, help="expert episodes per family (default: 2000)")
     demo.add_argument("--batch-size", type=int, default=None, help="training batch (default: 16)")
     demo.add_argument("--eval-episodes", type=int, default=None, help="evaluation episodes per task (default: 10)")
