@@ -30,8 +30,8 @@ class DemoConfig:
     demo_episodes: int = 2000
     image_size: int = 128  # camera side, for the data and the evaluation alike
     # what the VLM sees: 16x16 patches of 14 -> 8x8 tokens per camera. At 112 (4x4 tokens) and 3000
-    # steps the policy scored 0-2 of 40 in nine runs; at 224 and 2000 steps 2-3 of 40 in four, in the
-    # same time (benchmarks/readout_probe.py: a regression on those tokens, 8 of 40 at 112, 23 at 224)
+    # steps six SA-GR runs scored 0-2 of 40; at 224 and 2000 steps six scored 2-3, in about the same
+    # time (benchmarks/readout_probe.py: a regression on those tokens, 8 of 40 at 112, 23 at 224)
     model_image_size: int = 224
     train_steps: int = 2000  # ~11-12 minutes on 2 idle cores (~2.7-3 steps/s at 224)
     batch_size: int = 16
