@@ -33,7 +33,7 @@ class DemoConfig:
     # steps six SA-GR runs scored 0-2 of 40; at 224 and 2000 steps six scored 2-3, in about the same
     # time (benchmarks/readout_probe.py: a regression on those tokens, 8 of 40 at 112, 23 at 224)
     model_image_size: int = 224
-    train_steps: int = 2000  # ~11-12 minutes on 2 idle cores (~2.7-3 steps/s at 224)
+    train_steps: int = 2000  # 11-13 minutes on 2 idle cores (2.5-3 steps/s at 224)
     batch_size: int = 16
     phase_a_frac: float = 0.2  # SA-GR phase A (fm only) as a fraction of the steps
     ramp_frac: float = 0.2  # phase B (world weights ramp up)
