@@ -98,7 +98,8 @@ class ActionHead(nn.Module):
         layer = self.cfg.observation_layer
         if vlm.hidden_states is None:
             if layer != -1:
-                raise ValueError(f"observation_layer={layer} needs every hidden state: encode with all_layers=True")
+                raise ValueError(f"framework.action_model.observation_layer={layer} needs every hidden state: "
+                                 "encode with all_layers=True")
             hidden = vlm.last_hidden_state
         else:
             hidden = vlm.hidden_states[layer]
