@@ -13,7 +13,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     demo.add_argument("--train-steps", type=int, default=None, help="optimizer steps (default: 2000)")
     demo.add_argument("--demo-episodes", type=int, default=None, help="expert episodes per family (default: 2000)")
     demo.add_argument("--batch-size", type=int, default=None, help="training batch (default: 16)")
-    demo.add_argument("--eval-episodes", type=int, default=None, help="evaluation episodes per task (default: 10)")
+    demo.add_argument("--eval-episodes", type=int, default=None, help="evaluation episodes per task (default: 25)")
     demo.add_argument("--out", default=None, help="run directory (default: runs/demo/<time>_<sagr|fm_only>)")
     demo.add_argument("--data-dir", default=None, help="demonstration cache (default: ~/.cache/sagrflow/demo_data)")
     demo.add_argument("--quick", action="store_true", help="a few steps and episodes: checks every stage (CI)")
