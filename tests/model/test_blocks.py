@@ -3,6 +3,7 @@
 import torch
 
 from sagrflow.model.action_head import DriftHead
+from sagrflow.model.anchor import SemanticAnchor
 from sagrflow.model.config import ActionModelConfig
 from sagrflow.model.dit import AdaLN, Attention
 
@@ -69,3 +70,17 @@ def test_teacher_world_prediction_once_per_sample_equals_every_repeat():
     (expected_grad,) = torch.autograd.grad(expected.sum(), tokens)
     torch.testing.assert_close(out["loss_dyn"], expected)
     torch.testing.assert_close(grad, expected_grad)
+
+
+def test_task_tokens_keep_their_scale_whatever_the_vlm_scale():
+    """The world losses compare task tokens in absolute units: the anchor hands them over
+    layer-normalized, so a VLM whose activations grow cannot grow the losses with them."""
+    torch.manual_seed(0)
+    anchor = SemanticAnchor(vlm_dim=24, width=16, heads=2, num_tokens=4, geometry=False)
+    hidden = torch.randn(2, 10, 24)
+    visual = torch.zeros(2, 10, dtype=torch.bool)
+    visual[:, :6] = True
+    with torch.no_grad():
+        for scale in (1.0, 100.0):
+            tokens = anchor(hidden * scale, visual, ~visual)  # (2, 4, 16)
+            torch.testing.assert_close(tokens.std(-1, unbiased=False), torch.ones(2, 4), atol=1e-3, rtol=0)

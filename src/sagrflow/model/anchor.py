@@ -26,6 +26,9 @@ class SemanticAnchor(nn.Module):
         self.attn = Attention(width, heads, kv_dim=width)
         self.vis_proj = nn.Linear(vlm_dim, width)
         self.refine = TransformerLayer(width, heads)
+        # task tokens leave normalized: the world losses compare them in absolute units, and a
+        # free scale grew 5 -> 13 (absmax) over a demo run while loss_dyn spiked 1000x with it
+        self.out_norm = nn.LayerNorm(width)
         self.geometry = geometry
         if geometry:
             self.geo_norm = nn.LayerNorm(width)
@@ -53,7 +56,7 @@ class SemanticAnchor(nn.Module):
                 raise ValueError("geometry tokens given to an anchor built without the geometric branch")
             kv = self._join_geometry(kv, geo_tokens, b)
         tokens = self.attn.attend(q, kv)  # (B, K, W)
-        return self.refine(q + tokens)
+        return self.out_norm(self.refine(q + tokens))
 
     def _join_geometry(self, kv: KV, geo_tokens: torch.Tensor, b: int) -> KV:
         g = self.attn.project_kv(self.geo_norm(geo_tokens))  # scale-calibrated: normalized tokens
