@@ -34,7 +34,7 @@ class DemoConfig:
     # time (benchmarks/readout_probe.py: a regression on those tokens, 8 of 40 at 112, 23 at 224).
     # Both with 2 noise/time draws per sample; the tiny default's 8 gave 22-24 of 100 at 224
     model_image_size: int = 224
-    train_steps: int = 2000  # 11-13 minutes on 2 idle cores (2.5-3 steps/s at 224)
+    train_steps: int = 2000  # 12-14 minutes on 2 idle cores (2.4-2.8 steps/s at 224, R = 8)
     batch_size: int = 16
     phase_a_frac: float = 0.2  # SA-GR phase A (fm only) as a fraction of the steps
     ramp_frac: float = 0.2  # phase B (world weights ramp up)
