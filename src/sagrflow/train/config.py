@@ -136,7 +136,7 @@ TINY_CPU: dict[str, Any] = {
             "action_dim": 7,
             "state_dim": 8,
             # noise/time draws per VLM pass: the tiny head costs little next to the VLM, and flow matching
-            # learns from the draws near the noise end (demo, 2000 steps: R 2 -> 2-3 of 40, R 8 -> 22-24 of 100)
+            # learns from the draws near the noise end (the demo's numbers for 2 and 8: DemoConfig, README)
             "repeated_diffusion_steps": 8,
             "num_inference_timesteps": 10,
             "world_action_source": "teacher",
