@@ -341,7 +341,7 @@ class SAGRPolicy(nn.Module):
     @classmethod
     def load(cls, path: str | Path, device: torch.device | str = "cpu") -> SAGRPolicy:
         """Strict load: a missing, unexpected or still-on-meta parameter is an error naming each."""
-        from safetensors.torch import load_file
+        from safetensors import safe_open
 
         src = Path(path)
         for name in (WEIGHTS_FILE, CONFIG_FILE, STATS_FILE, BACKBONE_DIR):
@@ -351,8 +351,11 @@ class SAGRPolicy(nn.Module):
         stats = json.loads((src / STATS_FILE).read_text())
         norms = {k: None if v is None else Normalizer.from_json(v) for k, v in stats.items()}
         policy = cls(config, VLMBackbone.from_config_dir(src / BACKBONE_DIR), norms["action"], norms["state"])
-        missing, unexpected = policy.load_state_dict(load_file(str(src / WEIGHTS_FILE), device=str(device)),
-                                                     strict=False, assign=True)
+        with safe_open(str(src / WEIGHTS_FILE), framework="pt", device=str(device)) as f:
+            # copied, one tensor at a time: a tensor read from the file can sit at an address where CPU
+            # kernels take another path, and actions then differed from the saved policy's in the last bit
+            state = {k: f.get_tensor(k).clone() for k in f.keys()}  # noqa: SIM118 (safe_open is no dict)
+        missing, unexpected = policy.load_state_dict(state, strict=False, assign=True)
         on_meta = [n for n, p in (*policy.named_parameters(), *policy.named_buffers()) if p.is_meta]
         problems = ([f"missing: {n}" for n in missing] + [f"unexpected: {n}" for n in unexpected]
                     + [f"on meta device: {n}" for n in on_meta if n not in missing])
