@@ -45,24 +45,23 @@ def test_summary_sees_where_a_token_is_and_the_instruction():
     torch.manual_seed(0)
     summary = ObservationSummary(16, 8, basis=2)
     hidden, visual, pos, text = _summary_inputs()
-    base = summary(hidden, visual, pos, text)
+    base = summary(hidden, visual, pos, text, 2)
     swapped = hidden.clone()
     swapped[:, [1, 2]] = hidden[:, [2, 1]]  # two tokens of camera 0 trade places: same set, other layout
-    assert not torch.allclose(summary(swapped, visual, pos, text), base, atol=1e-4)
+    assert not torch.allclose(summary(swapped, visual, pos, text, 2), base, atol=1e-4)
     padding = hidden.clone()
     padding[:, 9] = torch.randn(2, 16)  # padding does not count
-    torch.testing.assert_close(summary(padding, visual, pos, text), base)
+    torch.testing.assert_close(summary(padding, visual, pos, text, 2), base)
     instruction = hidden.clone()
     instruction[:, 0] = torch.randn(2, 16)  # another instruction: another summary of the same image
-    assert not torch.allclose(summary(instruction, visual, pos, text), base, atol=1e-4)
+    assert not torch.allclose(summary(instruction, visual, pos, text, 2), base, atol=1e-4)
 
 
 def test_summary_rejects_more_cameras_than_it_pools():
     summary = ObservationSummary(16, 8, basis=2)
     hidden, visual, pos, text = _summary_inputs()
-    pos[0, 1, 0] = MAX_CAMERAS
-    with pytest.raises(ValueError, match="observation_summary|observation_basis"):
-        summary(hidden, visual, pos, text)
+    with pytest.raises(ValueError, match="observation_basis"):
+        summary(hidden, visual, pos, text, MAX_CAMERAS + 1)
 
 
 def test_observation_basis_is_validated_and_zero_turns_the_summary_off(tiny_dir):
@@ -102,9 +101,9 @@ def test_observation_layer_picks_the_hidden_state_and_is_validated(tiny_dir):
     with torch.no_grad():
         enc = policy.encode(batch.image_t, list(batch.lang))
         vlm = enc.vlm
-        expect = policy.head.observation(vlm.hidden_states[0], vlm.visual_mask, vlm.visual_pos, vlm.text_mask)
+        expect = policy.head.observation(vlm.hidden_states[0], vlm.visual_mask, vlm.visual_pos, vlm.text_mask, vlm.cameras)
         torch.testing.assert_close(enc.observation, expect)
-        last = policy.head.observation(vlm.last_hidden_state, vlm.visual_mask, vlm.visual_pos, vlm.text_mask)
+        last = policy.head.observation(vlm.last_hidden_state, vlm.visual_mask, vlm.visual_pos, vlm.text_mask, vlm.cameras)
         assert not torch.allclose(enc.observation, last, atol=1e-4)
     depth = policy.backbone.num_layers
     with pytest.raises(ValueError, match="observation_layer"):

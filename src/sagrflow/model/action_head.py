@@ -103,7 +103,8 @@ class ActionHead(nn.Module):
             hidden = vlm.last_hidden_state
         else:
             hidden = vlm.hidden_states[layer]
-        return self.observation(hidden.to(self.action_out.weight.dtype), vlm.visual_mask, vlm.visual_pos, vlm.text_mask)
+        return self.observation(hidden.to(self.action_out.weight.dtype), vlm.visual_mask, vlm.visual_pos, vlm.text_mask,
+                                vlm.cameras)
 
     def velocity(self, context: list[KV], x_t: torch.Tensor, temb: torch.Tensor,
                  state: torch.Tensor | None) -> torch.Tensor:

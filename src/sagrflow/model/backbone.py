@@ -42,6 +42,7 @@ class BackboneOutput:
     lengths: list[int]  # B real (non-padding) token counts, read on the host before the inputs moved
     # (B, L, 3) camera index, row and column centre in [0, 1] of each visual token; 0 elsewhere
     visual_pos: torch.Tensor | None = None
+    cameras: int = 1  # C, images per sample
 
     @property
     def layers(self) -> tuple[torch.Tensor, ...]:
@@ -193,20 +194,24 @@ class VLMBackbone(nn.Module):
         cpu_inputs = self.prepare_inputs(images, lang)
         positions = cpu_inputs.pop("visual_pos")  # (B*V, 3): not a VLM input
         lengths = cpu_inputs["attention_mask"].sum(1).tolist()
-        inputs = {k: v.to(device) for k, v in cpu_inputs.items()}
+        # the masks and token positions are made on the host too; every copy is non-blocking, since a
+        # blocking host-to-device copy waits for all the GPU work queued before it
+        attention = cpu_inputs["attention_mask"].bool()  # (B, L)
+        visual = (cpu_inputs["input_ids"] == self.image_token_id) & attention
+        visual_pos = torch.zeros(*visual.shape, 3)
+        visual_pos[visual] = positions
+        inputs = {k: v.to(device, non_blocking=True) for k, v in cpu_inputs.items()}
         if self.arch != "llava":  # positions from the host copies, not from per-sample loops on the device
             inputs.update(host_position_inputs(self.vlm, cpu_inputs, device))
         if "pixel_values" in inputs:
             inputs["pixel_values"] = inputs["pixel_values"].to(self.vlm.dtype)
         out = self.vlm(**inputs, output_hidden_states=all_layers, use_cache=False, return_dict=True)
-        attention = inputs["attention_mask"].bool()  # (B, L)
-        visual = (inputs["input_ids"] == self.image_token_id) & attention
-        visual_pos = torch.zeros(*visual.shape, 3, device=device)
-        visual_pos[visual] = positions.to(device)
+        attention, visual = (m.to(device, non_blocking=True) for m in (attention, visual))
         return BackboneOutput(
             hidden_states=tuple(out.hidden_states) if all_layers else None,
             last_hidden_state=out.last_hidden_state, attention_mask=attention, visual_mask=visual,
-            text_mask=attention & ~visual, lengths=lengths, visual_pos=visual_pos,
+            text_mask=attention & ~visual, lengths=lengths, visual_pos=visual_pos.to(device, non_blocking=True),
+            cameras=images.shape[1],
         )
 
     def preprocessing_fingerprint(self) -> str:

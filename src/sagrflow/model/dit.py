@@ -25,7 +25,8 @@ def sample_time(n: int, eps: float, device: torch.device | None = None) -> torch
     the actions, so only the observation can: that is where the policy learns to look.
     Leaning toward clean data instead lets the head learn to denoise while ignoring the images.
     """
-    u = torch.distributions.Beta(torch.tensor(1.5), torch.tensor(1.0)).sample((n,)).to(device)
+    # drawn on the host; a non-blocking copy, as a blocking one waits for the GPU work queued before it
+    u = torch.distributions.Beta(torch.tensor(1.5), torch.tensor(1.0)).sample((n,)).to(device, non_blocking=True)
     return (1.0 - eps - (1.0 - 2.0 * eps) * u).clamp(eps, 1.0 - eps)
 
 

@@ -60,18 +60,19 @@ class ObservationSummary(nn.Module):
         self.mlp = nn.Sequential(nn.Linear(inputs, 4 * width), nn.SiLU(), nn.Linear(4 * width, width))
 
     def forward(self, hidden: torch.Tensor, visual_mask: torch.Tensor, visual_pos: torch.Tensor,
-                text_mask: torch.Tensor) -> torch.Tensor:
+                text_mask: torch.Tensor, cameras: int) -> torch.Tensor:
         """hidden (B, L, D), visual_mask and text_mask (B, L) bool, visual_pos (B, L, 3) = (camera,
-        row, column), row and column in [0, 1] -> (B, W)."""
-        cams = visual_pos[..., 0].long()  # (B, L)
-        if bool((cams[visual_mask] >= MAX_CAMERAS).any()):
-            raise ValueError(f"the observation summary pools up to {MAX_CAMERAS} cameras; set "
-                             "framework.action_model.observation_basis: 0 to turn it off")
+        row, column), row and column in [0, 1], C `cameras` per sample -> (B, W)."""
+        if cameras > MAX_CAMERAS:  # checked on the host: reading visual_pos would wait for the GPU
+            raise ValueError(f"the observation summary pools up to {MAX_CAMERAS} cameras, the batch has {cameras}; "
+                             "set framework.action_model.observation_basis: 0 to turn it off")
         k = torch.arange(self.basis, device=hidden.device, dtype=torch.float32) * math.pi  # (K,)
         rows = torch.cos(visual_pos[..., 1:2].float() * k)  # (B, L, K): DCT basis over the rows
         cols = torch.cos(visual_pos[..., 2:3].float() * k)  # (B, L, K)
-        cam = torch.nn.functional.one_hot(cams.clamp(0, MAX_CAMERAS - 1), MAX_CAMERAS).float()
-        cam = cam * visual_mask.unsqueeze(-1)  # (B, L, C): text and padding tokens weigh nothing
+        slots = torch.arange(MAX_CAMERAS, device=hidden.device, dtype=visual_pos.dtype)
+        # (B, L, C) one-hot camera membership (one_hot would check the indices on the host);
+        # text and padding tokens weigh nothing
+        cam = ((visual_pos[..., :1] == slots) & visual_mask.unsqueeze(-1)).float()
         basis = (cam[..., :, None, None] * rows[..., None, :, None] * cols[..., None, None, :]).flatten(2)
         normed = self.norm(hidden)
         weights = text_mask.unsqueeze(-1).float()

@@ -38,8 +38,9 @@ def qwen_pixels(images: torch.Tensor, processor) -> dict[str, torch.Tensor] | No
         return None
     if processor.do_resize and not _no_resize(h, w, p * m, size.shortest_edge, size.longest_edge):
         return None
-    mean = torch.tensor(processor.image_mean, dtype=torch.float32, device=images.device).view(1, 3, 1, 1)
-    std = torch.tensor(processor.image_std, dtype=torch.float32, device=images.device).view(1, 3, 1, 1)
+    # made on the host and copied without blocking: torch.tensor(..., device=cuda) waits for the GPU
+    mean, std = (torch.tensor(v, dtype=torch.float32).view(1, 3, 1, 1).to(images.device, non_blocking=True)
+                 for v in (processor.image_mean, processor.image_std))
     x = (images.float() * float(processor.rescale_factor) - mean) / std  # (N, 3, h, w)
     gh, gw = h // p, w // p
     x = x.view(n, c, gh // m, m, p, gw // m, m, p)
