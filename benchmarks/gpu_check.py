@@ -9,14 +9,17 @@ On model_step.py's "mid" random config (Qwen2.5-VL language model of 8 layers x 
                      chains t, t+k, ..., collate's tk_index lets 3 of every 4 pairs reuse tokens
         sagr_chain_fused  as sagr_chain, with framework.action_model.target_pass fused: the 4
                      remaining t+k frames ride in the image_t VLM call instead of a call of their own
-        sagr_chain_fused_compiled  as sagr_chain_fused, with framework.action_model.compile_world:
-                     the anchor, world predictor and drift under torch.compile (compiled before timing)
+        sagr_chain_fused_compiled  as sagr_chain_fused, with the anchor, world predictor and drift
+                     under torch.compile (`--compile`: `dynamic` is framework.action_model.compile_world,
+                     `auto` torch's default shape handling, `graphs` its mode="reduce-overhead", CUDA
+                     graphs), compiled before the timing on two prompt lengths, as training meets them
         fm_only_hf_vision fm_only with transformers' own vision-tower path (an attention call per
                      window or image, positions built on the device), which sagrflow replaces
       and the ratio of each to fm_only;
   (c) predict_action latency with 10 Euler steps against 1, and their ratio, with the Euler loop
       replayed as a CUDA graph (the default) and eager, and how far the two chunks differ.
-It prints a compact table and writes gpu_check.json to $OUT (or --out) when set.
+It prints a compact table and writes gpu_check_b<batch>_<compile>.json to $OUT (or --out) when set. `--profile` adds,
+for the fused and the compiled mode, kernel launches and GPU busy time per step and the top kernels.
 
     python3 benchmarks/gpu_check.py                       # CUDA, mid config, batch 16
     python3 benchmarks/gpu_check.py --device cpu --small --threads 1  # quick rehearsal: tiny config, batch 4
@@ -29,6 +32,7 @@ import json
 import os
 import tempfile
 import time
+from dataclasses import replace
 from functools import partial
 from pathlib import Path
 
@@ -43,24 +47,33 @@ from sagrflow.model.qwen_vision import PATCHED, llm_positions
 TRAIN_MODES = {"fm_only": (True, 1, "separate", False), "sagr_naive": (False, 1, "separate", False),
                "sagr_chain": (False, 4, "separate", False), "sagr_chain_fused": (False, 4, "fused", False),
                "sagr_chain_fused_compiled": (False, 4, "fused", True)}
+# --compile -> torch.compile options of the world modules (SAGRPolicy.compile_world)
+COMPILE = {"dynamic": {"dynamic": True}, "auto": {"dynamic": None},
+           "graphs": {"dynamic": None, "mode": "reduce-overhead"}}
 
 
 def train_times(policies: dict[bool, object], batch_size: int, iters: int, device: str,
-                dtype) -> dict[str, dict[str, float]]:
+                dtype, hf: bool = True, profile: bool = False) -> dict[str, dict[str, float]]:
     """Median seconds per optimizer step of each mode, and the peak memory of one step on CUDA.
-    `policies`: compile_world -> a policy (the same weights)."""
+    `policies`: compiled world modules or not -> a policy (the same weights)."""
     optimizers = {c: torch.optim.AdamW(p.parameters(), lr=1e-5) for c, p in policies.items()}
     batches = {m: fake_batch(batch_size, device, chain) for m, (_, chain, _, _) in TRAIN_MODES.items()}
 
-    def step(mode: str) -> None:
+    def step(mode: str, batch=None) -> None:
         fm, _, target_pass, compiled = TRAIN_MODES[mode]
         policies[compiled].config.action_model.target_pass = target_pass
-        train_step(policies[compiled], batches[mode], fm, optimizers[compiled], dtype)
+        train_step(policies[compiled], batches[mode] if batch is None else batch, fm, optimizers[compiled], dtype)
 
     steps = {m: partial(step, m) for m in TRAIN_MODES}
-    steps["fm_only_hf_vision"] = partial(hf_vision, policies[False], steps["fm_only"])
+    if hf:
+        steps["fm_only_hf_vision"] = partial(hf_vision, policies[False], steps["fm_only"])
     compile_start = time.perf_counter()
-    steps["sagr_chain_fused_compiled"]()  # the compile, outside the timing (alternate warms up once more)
+    # the compile, outside the timing: a second prompt length first (the VLM sequence changes from batch
+    # to batch in training), then the timed batch a few times (CUDA graphs record at the second call)
+    compiled = batches["sagr_chain_fused_compiled"]
+    step("sagr_chain_fused_compiled", replace(compiled, lang=tuple(s + " then close the drawer" for s in compiled.lang)))
+    for _ in range(3):
+        steps["sagr_chain_fused_compiled"]()
     compile_s = time.perf_counter() - compile_start
     seconds = alternate(steps, iters, device)
     out = {m: {"ms": seconds[m] * 1e3} for m in steps}
@@ -75,7 +88,29 @@ def train_times(policies: dict[bool, object], batch_size: int, iters: int, devic
     tk = batches["sagr_chain"].tk_index
     out["sagr_chain"]["reused_pairs"] = float((tk >= 0).float().mean())
     out["sagr_chain_fused_compiled"]["first_step_s"] = compile_s
+    if profile:
+        for mode in ("sagr_chain_fused", "sagr_chain_fused_compiled"):
+            out[mode]["profile"] = profiled(steps[mode])
     return out
+
+
+def profiled(fn, steps: int = 3, top: int = 8) -> dict:
+    """Per step: kernel launches (graph replays count one), GPU kernel time, and the `top` kernels by GPU time."""
+    from torch.profiler import ProfilerActivity, profile
+
+    fn()
+    with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+        for _ in range(steps):
+            fn()
+        torch.cuda.synchronize()
+    events = prof.key_averages()
+    launches = sum(e.count for e in events if e.key in ("cudaLaunchKernel", "cuLaunchKernel", "cudaLaunchKernelExC",
+                                                        "cudaGraphLaunch", "cuLaunchKernelEx"))
+    kernels = [e for e in events if e.device_type == torch.autograd.DeviceType.CUDA and e.self_device_time_total > 0]
+    kernels.sort(key=lambda e: -e.self_device_time_total)
+    return {"launches_per_step": launches / steps,
+            "gpu_ms_per_step": sum(e.self_device_time_total for e in kernels) / 1e3 / steps,
+            "top": [[e.key[:70], e.count // steps, e.self_device_time_total / 1e3 / steps] for e in kernels[:top]]}
 
 
 def hf_vision(policy, fn) -> None:
@@ -130,6 +165,10 @@ def main() -> None:
     parser.add_argument("--dtype", default=None, choices=["bf16", "fp32"],
                         help="autocast dtype (fp32: none); default bf16 on CUDA, fp32 on CPU (where bf16 is emulated, slow)")
     parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
+    parser.add_argument("--compile", default="dynamic", choices=sorted(COMPILE),
+                        help="torch.compile options of the compiled mode (default dynamic: compile_world's)")
+    parser.add_argument("--train-only", action="store_true", help="(a) only, without fm_only_hf_vision")
+    parser.add_argument("--profile", action="store_true", help="profile the fused and the compiled mode (CUDA)")
     parser.add_argument("--out", type=Path, default=Path(os.environ["OUT"]) if os.environ.get("OUT") else None)
     args = parser.parse_args()
     if args.device.startswith("cuda") and not torch.cuda.is_available():
@@ -146,12 +185,14 @@ def main() -> None:
     root = Path(tempfile.mkdtemp(prefix="sagrflow-gpu-check-"))
     policy = build(name, root, args.device)
     built = time.perf_counter() - start
-    train = train_times({False: policy, True: build(name, root, args.device, compile_world=True)},
-                        batch_size, iters, args.device, dtype)
-    predict = predict_times(policy, iters, args.device, dtype)
+    compiled = build(name, root, args.device)
+    compiled.compile_world(**COMPILE[args.compile])
+    train = train_times({False: policy, True: compiled}, batch_size, iters, args.device, dtype,
+                        hf=not args.train_only, profile=args.profile and args.device.startswith("cuda"))
+    predict = None if args.train_only else predict_times(policy, iters, args.device, dtype)
     device = torch.cuda.get_device_name(args.device) if args.device.startswith("cuda") else "cpu"
     result = {"device": device, "torch": torch.__version__, "config": name, "batch_size": batch_size, "iters": iters,
-              "autocast": args.dtype, "params_m": sum(p.numel() for p in policy.parameters()) / 1e6,
+              "autocast": args.dtype, "compile": args.compile, "params_m": sum(p.numel() for p in policy.parameters()) / 1e6,
               "train": train, "predict_action": predict, "build_s": built, "total_s": time.perf_counter() - start}
     print(f"{device}, torch {torch.__version__}, {name} config ({result['params_m']:.1f}M params), batch {batch_size}, "
           f"autocast {args.dtype}, medians of {iters} interleaved runs, built in {built:.0f}s")
@@ -160,16 +201,28 @@ def main() -> None:
         peak = f"{row['peak_mib']:9.0f}" if "peak_mib" in row else f"{'-':>9}"
         print(f"    {mode:26s} {row['ms']:8.1f} {row['ratio_to_fm_only']:9.2f}x {peak}")
     print(f"    (sagr_chain reuses the t+k tokens of {train['sagr_chain']['reused_pairs']:.0%} of the pairs; "
-          f"the compiled world modules' first step took {train['sagr_chain_fused_compiled']['first_step_s']:.0f}s)")
+          f"compiling the world modules ({args.compile}) took {train['sagr_chain_fused_compiled']['first_step_s']:.0f}s)")
+    for mode in ("sagr_chain_fused", "sagr_chain_fused_compiled"):
+        if "profile" in train[mode]:
+            prof = train[mode]["profile"]
+            print(f"    profile {mode}: {prof['launches_per_step']:.0f} launches, {prof['gpu_ms_per_step']:.1f} GPU ms per step")
+            for key, count, ms in prof["top"]:
+                print(f"      {ms:7.2f} ms {count:5d}x  {key}")
+    if predict is not None:
+        print_predict(predict)
+    print(f"total {result['total_s']:.0f}s")
+    if args.out is not None:
+        args.out.mkdir(parents=True, exist_ok=True)
+        path = args.out / f"gpu_check_b{batch_size}_{args.compile}.json"
+        path.write_text(json.dumps(result, indent=2))
+        print(f"wrote {path}")
+
+
+def print_predict(predict: dict) -> None:
     print(f"(c) predict_action      N=1 {predict['n1_ms']:.1f} ms   N=10 {predict['n10_ms']:.1f} ms   "
           f"ratio {predict['ratio']:.2f}x (target <= 1.5x)")
     print(f"    eager Euler loop     N=1 {predict['eager_n1_ms']:.1f} ms   N=10 {predict['eager_n10_ms']:.1f} ms   "
           f"ratio {predict['eager_ratio']:.2f}x; graph vs eager chunk max |diff| {predict['graph_vs_eager_max_abs']:.2e}")
-    print(f"total {result['total_s']:.0f}s")
-    if args.out is not None:
-        args.out.mkdir(parents=True, exist_ok=True)
-        (args.out / "gpu_check.json").write_text(json.dumps(result, indent=2))
-        print(f"wrote {args.out / 'gpu_check.json'}")
 
 
 if __name__ == "__main__":

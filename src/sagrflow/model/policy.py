@@ -73,9 +73,8 @@ class SAGRPolicy(nn.Module):
         self.anchor = SemanticAnchor(backbone.hidden_size, am.dit_width, am.dit_heads, am.num_task_tokens,
                                      geometry=am.use_geometric_branch)
         self.head = ActionHead(am, backbone.hidden_size, depth)
-        if am.compile_world:  # in place: parameter names, and so checkpoints, stay as they are
-            for module in (self.anchor, self.head.world, self.head.drift):
-                module.compile(dynamic=True)
+        if am.compile_world:
+            self.compile_world()
         for name, norm, dim in (("action", action_normalizer, am.action_dim), ("state", state_normalizer, am.state_dim)):
             if norm is not None and norm.dim != dim:
                 raise ValueError(f"{name} normalizer is {norm.dim}-dim but framework.action_model.{name}_dim={dim}")
@@ -85,6 +84,14 @@ class SAGRPolicy(nn.Module):
         # t+k VLM outputs of a frozen backbone (trainer.target_cache_mb); not a module: never saved
         self.target_cache: TargetCache | None = None
         self._graphs = GraphCache()  # predict_action's Euler loops, recorded per shape on a CUDA device
+
+    def compile_world(self, **options) -> None:
+        """torch.compile the modules only SA-GR runs (anchor, world predictor, drift) in place, so parameter
+        names and checkpoints stay as they are. `options` go to `torch.compile` (benchmarks compare them);
+        by default dynamic shapes, as batches differ in prompt length and in how many t+k frames they run."""
+        options.setdefault("dynamic", True)
+        for module in (self.anchor, self.head.world, self.head.drift):
+            module.compile(**options)
 
     @classmethod
     def from_config(cls, config: FrameworkConfig, action_normalizer: Normalizer | None = None,

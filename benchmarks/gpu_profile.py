@@ -1,0 +1,158 @@
+"""Where a training step's time goes on a GPU: host phases, device syncs, kernels, Python functions.
+
+gpu_check.py says what the temporal supervision costs; this says why. For fm-only and SA-GR
+(chain_length 4, target_pass fused) on model_step.py's mid config under bf16 autocast:
+  wall      ms per optimizer step, synchronized before and after (median)
+  host      ms the host spends in forward (with the loss), backward and optimizer.step, with no
+            synchronization inside the step; "wait" is what the final synchronize still waits for.
+            host ~ wall and a short wait: the step is bound by the host issuing work, not the GPU
+  syncs     host-device synchronizations in one step, and where they come from
+  gpu       kernel launches and GPU kernel time per step (torch.profiler)
+  python    the functions whose own host time (cProfile) grows most from fm-only to SA-GR
+
+    PYTHONPATH=src python3 benchmarks/gpu_profile.py [--batch-size 64]
+    PYTHONPATH=src python3 benchmarks/gpu_profile.py --device cpu --small   # rehearsal: no syncs, no kernels
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import cProfile
+import json
+import os
+import pstats
+import statistics
+import tempfile
+import time
+import traceback
+import warnings
+from pathlib import Path
+
+import torch
+
+from gpu_check import profiled
+from model_step import build, fake_batch, sync, train_step
+from sagrflow.model.losses import reduce_losses
+
+SITES = ("sagrflow", "transformers", "benchmarks")  # where a sync site is named from
+MODES = {"fm_only": (True, 1), "sagr_fused": (False, 4)}  # mode -> (fm_only, chain_length)
+
+
+def host_split(policy, batch, fm: bool, optimizer, dtype, steps: int, device: str) -> dict[str, float]:
+    """Median host ms of forward+loss, backward, optimizer step; the final wait; and the wall."""
+    rows = []
+    for _ in range(steps):
+        sync(device)
+        t0 = time.perf_counter()
+        with torch.autocast(torch.device(device).type, dtype=dtype, enabled=dtype is not None):
+            total, _ = reduce_losses(policy(batch, fm_only=fm), policy.config.action_model.loss_weights)
+        t1 = time.perf_counter()
+        total.backward()
+        t2 = time.perf_counter()
+        optimizer.step()
+        policy.zero_grad(set_to_none=True)
+        t3 = time.perf_counter()
+        sync(device)
+        t4 = time.perf_counter()
+        rows.append((t1 - t0, t2 - t1, t3 - t2, t4 - t3, t4 - t0))
+    names = ("forward", "backward", "optimizer", "wait", "wall")
+    return {n: statistics.median(r[i] for r in rows) * 1e3 for i, n in enumerate(names)}
+
+
+def sync_sites(fn, frames: int = 3) -> dict[str, int]:
+    """Synchronizing CUDA calls in one fn() -> {innermost project / transformers frames: count}."""
+    sites: collections.Counter = collections.Counter()
+    shown = warnings.showwarning
+
+    def record(message, category, filename, lineno, file=None, line=None):
+        if "synchroniz" not in str(message):
+            return shown(message, category, filename, lineno, file, line)
+        stack = [f for f in traceback.extract_stack()[:-1] if any(k in f.filename for k in SITES)]
+        sites[" < ".join(f"{Path(f.filename).name}:{f.lineno}" for f in reversed(stack[-frames:]))] += 1
+
+    torch.cuda.synchronize()
+    with warnings.catch_warnings():
+        warnings.simplefilter("always")
+        warnings.showwarning = record
+        torch.cuda.set_sync_debug_mode("warn")
+        try:
+            fn()
+        finally:
+            torch.cuda.set_sync_debug_mode("default")
+            warnings.showwarning = shown
+    return dict(sites.most_common())
+
+
+def python_time(fn, device: str, steps: int = 3) -> dict[str, float]:
+    """cProfile's own (tottime) ms per step of each function, keyed file:function."""
+    fn()
+    prof = cProfile.Profile()
+    prof.enable()
+    for _ in range(steps):
+        fn()
+    sync(device)
+    prof.disable()
+    out: collections.Counter = collections.Counter()
+    for (file, _, func), (_, _, own, _, _) in pstats.Stats(prof).stats.items():
+        out[f"{file.split('site-packages/')[-1].split('/src/')[-1]}:{func}"] += own * 1e3 / steps
+    return dict(out)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--batch-size", type=int, default=None, help="default 64 (4 with --small)")
+    parser.add_argument("--steps", type=int, default=8, help="timed steps per mode")
+    parser.add_argument("--device", default="cuda")
+    parser.add_argument("--small", action="store_true", help="tiny config, batch 4: a quick CPU rehearsal")
+    parser.add_argument("--out", type=Path, default=Path(os.environ["OUT"]) if os.environ.get("OUT") else None)
+    args = parser.parse_args()
+    cuda = args.device.startswith("cuda")
+    if cuda and not torch.cuda.is_available():
+        raise SystemExit("no CUDA device here: run with --device cpu --small for the rehearsal")
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    name = "tiny" if args.small else "mid"
+    args.batch_size = args.batch_size or (4 if args.small else 64)
+    policy = build(name, Path(tempfile.mkdtemp(prefix="sagrflow-gpu-profile-")), args.device)
+    policy.config.action_model.target_pass = "fused"
+    optimizer = torch.optim.AdamW(policy.parameters(), lr=1e-5)
+    dtype = torch.bfloat16 if cuda else None
+    device_name = torch.cuda.get_device_name(args.device) if cuda else "cpu"
+    result: dict = {"device": device_name, "torch": torch.__version__, "config": name, "batch_size": args.batch_size}
+    for mode, (fm, chain) in MODES.items():
+        batch = fake_batch(args.batch_size, args.device, chain)
+
+        def step(fm=fm, batch=batch):
+            train_step(policy, batch, fm, optimizer, dtype)
+
+        step()
+        result[mode] = {"host_ms": host_split(policy, batch, fm, optimizer, dtype, args.steps, args.device),
+                        "syncs": sync_sites(step) if cuda else {},
+                        "gpu": profiled(step) if cuda else {"launches_per_step": 0.0, "gpu_ms_per_step": 0.0},
+                        "python_ms": python_time(step, args.device)}
+    print(f"{device_name}, torch {result['torch']}, {name} config, batch {args.batch_size}, "
+          f"{'bf16 autocast' if cuda else 'fp32'}")
+    for mode in MODES:
+        r = result[mode]
+        host = "  ".join(f"{k} {v:.1f}" for k, v in r["host_ms"].items())
+        print(f"{mode:11s} ms: {host}; {r['gpu']['launches_per_step']:.0f} launches, "
+              f"{r['gpu']['gpu_ms_per_step']:.1f} GPU ms; {sum(r['syncs'].values())} syncs")
+        for site, n in list(r["syncs"].items())[:8]:
+            print(f"    sync {n:3d}x {site}")
+    fm_py, sagr_py = result["fm_only"]["python_ms"], result["sagr_fused"]["python_ms"]
+    print("python functions with the most own host time in sagr_fused (ms per step):")
+    for key in sorted(sagr_py, key=lambda k: -sagr_py[k])[:12]:
+        print(f"    {sagr_py[key]:7.2f}  {key[-90:]}")
+    grown = sorted(sagr_py, key=lambda k: fm_py.get(k, 0.0) - sagr_py[k])[:15]
+    print("python functions whose own host time grows most, fm_only -> sagr_fused (ms per step):")
+    for key in grown:
+        print(f"    {fm_py.get(key, 0.0):7.2f} -> {sagr_py[key]:7.2f}  {key[-90:]}")
+    if args.out is not None:
+        args.out.mkdir(parents=True, exist_ok=True)
+        path = args.out / f"gpu_profile_b{args.batch_size}.json"
+        path.write_text(json.dumps(result, indent=1))
+        print(f"wrote {path}")
+
+
+if __name__ == "__main__":
+    main()
