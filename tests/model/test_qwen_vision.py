@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 
 from sagrflow.model.backbone import VLMBackbone
-from sagrflow.model.qwen_vision import PATCHED, segment_attention
+from sagrflow.model.qwen_vision import PATCHED, llm_positions, segment_attention
 
 
 def loop_reference(q, k, v, lengths, scale):
@@ -82,3 +82,58 @@ def test_host_built_positions_match_the_models_own(tiny_dirs, arch, monkeypatch)
     assert given == [False, True]  # the model computed its own, then took the host-built ones
     mask = inputs["attention_mask"].bool()
     torch.testing.assert_close(ours[mask], own[mask], atol=1e-5, rtol=1e-4)
+
+
+@pytest.mark.parametrize("arch", ["qwen2_5_vl", "qwen3_vl"])
+def test_llm_positions_run_once_per_row_layout_and_equal_the_models_own(tiny_dirs, arch, monkeypatch):
+    backbone = VLMBackbone.from_pretrained(tiny_dirs[arch])
+    model = backbone.vlm
+    images = torch.randint(0, 256, (4, 2, 3, 56, 56), generator=torch.Generator().manual_seed(3), dtype=torch.uint8)
+    lang = ["pick up the red cup", "open the top drawer of the cabinet", "pick up the red cup", "push it"]
+    inputs = backbone.prepare_inputs(images, lang)
+    own = model.get_rope_index(inputs["input_ids"], inputs["mm_token_type_ids"], image_grid_thw=inputs["image_grid_thw"],
+                               attention_mask=inputs["attention_mask"])[0]
+    calls = []
+    real = type(model).get_rope_index
+    monkeypatch.setattr(type(model), "get_rope_index", lambda self, *a, **k: (calls.append(a[0].shape[0]), real(self, *a, **k))[1])
+    assert torch.equal(llm_positions(model, inputs), own)
+    assert calls == [1, 1, 1]  # three layouts: rows 0 and 2 share one
+    again = backbone.prepare_inputs(images[[3, 0]], [lang[3], lang[0]])
+    want = real(model, again["input_ids"], again["mm_token_type_ids"], image_grid_thw=again["image_grid_thw"],
+                attention_mask=again["attention_mask"])[0]
+    assert torch.equal(llm_positions(model, again), want)
+    assert calls == [1, 1, 1]  # known layouts: nothing built
+    left = {k: v for k, v in inputs.items() if k != "visual_pos"}  # left padding: the model's own loop
+    left["input_ids"], left["mm_token_type_ids"], left["attention_mask"] = (
+        torch.stack([row.roll(int((m == 0).sum())) for row, m in zip(left[k], inputs["attention_mask"], strict=True)])
+        for k in ("input_ids", "mm_token_type_ids", "attention_mask"))
+    want = real(model, left["input_ids"], left["mm_token_type_ids"], image_grid_thw=left["image_grid_thw"],
+                attention_mask=left["attention_mask"])[0]
+    assert torch.equal(llm_positions(model, left), want)
+    assert calls[-1] == 4
+
+
+@pytest.mark.parametrize("arch", ["qwen2_5_vl", "qwen3_vl", "llava"])
+def test_prompt_ids_equal_the_tokenizers_batch_call(tiny_dirs, arch):
+    backbone = VLMBackbone.from_pretrained(tiny_dirs[arch])
+    texts = [backbone._prompt([4, 4], lang) for lang in ("pick up the red cup", "open it", "pick up the red cup")]
+    ids, mask = backbone._tokenize(texts)
+    want = backbone.tokenizer(texts, padding=True, return_tensors="pt", add_special_tokens=True)
+    assert torch.equal(ids, want["input_ids"]) and torch.equal(mask, want["attention_mask"])
+    assert ids.dtype == want["input_ids"].dtype and mask.dtype == want["attention_mask"].dtype
+
+
+def test_tower_inputs_are_built_once_per_set_of_grids(tiny_dirs, monkeypatch):
+    import sagrflow.model.qwen_vision as qv
+
+    backbone = VLMBackbone.from_pretrained(tiny_dirs["qwen2_5_vl"])
+    images = torch.randint(0, 256, (2, 2, 3, 56, 56), generator=torch.Generator().manual_seed(4), dtype=torch.uint8)
+    built = []
+    real = qv._tower_positions
+    monkeypatch.setattr(qv, "_tower_positions", lambda *a: (built.append(1), real(*a))[1])
+    with torch.no_grad():
+        first = backbone(images, ["open it", "close it"], all_layers=False).last_hidden_state
+        second = backbone(images, ["open it", "close it"], all_layers=False).last_hidden_state
+        backbone(images[:1], ["open it"], all_layers=False)  # other grids: built anew
+    assert torch.equal(first, second)  # the remembered inputs were not changed by the first pass
+    assert len(built) == 2
