@@ -1,7 +1,8 @@
 """GPU check of issue 7: what the temporal supervision costs a training step, and Euler steps at inference.
 
 On model_step.py's "mid" random config (Qwen2.5-VL language model of 8 layers x 512, DiT of
-8 blocks x 512, built offline), under bf16 autocast, medians of interleaved runs:
+8 blocks x 512, built offline) or its "large" one (`--config large`: Qwen2.5-VL-3B's vision tower
+and 12 of its 36 LLM layers, DiT of width 1024), under bf16 autocast, medians of interleaved runs:
   (a) optimizer step time (forward + backward + AdamW step) of
         fm_only      plain flow matching, one VLM pass
         sagr_naive   SA-GR, chain_length 1: every t+k pair through the extra no-grad VLM pass
@@ -18,10 +19,11 @@ On model_step.py's "mid" random config (Qwen2.5-VL language model of 8 layers x 
       and the ratio of each to fm_only;
   (c) predict_action latency with 10 Euler steps against 1, and their ratio, with the Euler loop
       replayed as a CUDA graph (the default) and eager, and how far the two chunks differ.
-It prints a compact table and writes gpu_check_b<batch>_<compile>.json to $OUT (or --out) when set. `--profile` adds,
+It prints a compact table and writes gpu_check_<config>_b<batch>_<compile>.json to $OUT (or --out) when set. `--profile` adds,
 for the fused and the compiled mode, kernel launches and GPU busy time per step and the top kernels.
 
     python3 benchmarks/gpu_check.py                       # CUDA, mid config, batch 16
+    python3 benchmarks/gpu_check.py --config large --compile none --train-only  # Qwen2.5-VL-3B's shapes
     python3 benchmarks/gpu_check.py --device cpu --small --threads 1  # quick rehearsal: tiny config, batch 4
 """
 
@@ -57,23 +59,25 @@ def train_times(policies: dict[bool, object], batch_size: int, iters: int, devic
     """Median seconds per optimizer step of each mode, and the peak memory of one step on CUDA.
     `policies`: compiled world modules or not -> a policy (the same weights)."""
     optimizers = {c: torch.optim.AdamW(p.parameters(), lr=1e-5) for c, p in policies.items()}
-    batches = {m: fake_batch(batch_size, device, chain) for m, (_, chain, _, _) in TRAIN_MODES.items()}
+    modes = {m: spec for m, spec in TRAIN_MODES.items() if spec[3] in policies}  # no compiled policy: no such mode
+    batches = {m: fake_batch(batch_size, device, chain) for m, (_, chain, _, _) in modes.items()}
 
     def step(mode: str, batch=None) -> None:
         fm, _, target_pass, compiled = TRAIN_MODES[mode]
         policies[compiled].config.action_model.target_pass = target_pass
         train_step(policies[compiled], batches[mode] if batch is None else batch, fm, optimizers[compiled], dtype)
 
-    steps = {m: partial(step, m) for m in TRAIN_MODES}
+    steps = {m: partial(step, m) for m in modes}
     if hf:
         steps["fm_only_hf_vision"] = partial(hf_vision, policies[False], steps["fm_only"])
     compile_start = time.perf_counter()
-    # the compile, outside the timing: a second prompt length first (the VLM sequence changes from batch
-    # to batch in training), then the timed batch a few times (CUDA graphs record at the second call)
-    compiled = batches["sagr_chain_fused_compiled"]
-    step("sagr_chain_fused_compiled", replace(compiled, lang=tuple(s + " then close the drawer" for s in compiled.lang)))
-    for _ in range(3):
-        steps["sagr_chain_fused_compiled"]()
+    if "sagr_chain_fused_compiled" in steps:
+        # the compile, outside the timing: a second prompt length first (the VLM sequence changes from batch
+        # to batch in training), then the timed batch a few times (CUDA graphs record at the second call)
+        compiled = batches["sagr_chain_fused_compiled"]
+        step("sagr_chain_fused_compiled", replace(compiled, lang=tuple(s + " then close the drawer" for s in compiled.lang)))
+        for _ in range(3):
+            steps["sagr_chain_fused_compiled"]()
     compile_s = time.perf_counter() - compile_start
     seconds = alternate(steps, iters, device)
     out = {m: {"ms": seconds[m] * 1e3} for m in steps}
@@ -87,10 +91,12 @@ def train_times(policies: dict[bool, object], batch_size: int, iters: int, devic
         out[m]["ratio_to_fm_only"] = out[m]["ms"] / out["fm_only"]["ms"]
     tk = batches["sagr_chain"].tk_index
     out["sagr_chain"]["reused_pairs"] = float((tk >= 0).float().mean())
-    out["sagr_chain_fused_compiled"]["first_step_s"] = compile_s
+    if "sagr_chain_fused_compiled" in out:
+        out["sagr_chain_fused_compiled"]["first_step_s"] = compile_s
     if profile:
         for mode in ("sagr_chain_fused", "sagr_chain_fused_compiled"):
-            out[mode]["profile"] = profiled(steps[mode])
+            if mode in steps:
+                out[mode]["profile"] = profiled(steps[mode])
     return out
 
 
@@ -165,8 +171,11 @@ def main() -> None:
     parser.add_argument("--dtype", default=None, choices=["bf16", "fp32"],
                         help="autocast dtype (fp32: none); default bf16 on CUDA, fp32 on CPU (where bf16 is emulated, slow)")
     parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
-    parser.add_argument("--compile", default="dynamic", choices=sorted(COMPILE),
-                        help="torch.compile options of the compiled mode (default dynamic: compile_world's)")
+    parser.add_argument("--config", default="mid", choices=("mid", "large"),
+                        help="model_step.py's config: mid (89M parameters) or large (Qwen2.5-VL-3B's shapes, 12 LLM layers)")
+    parser.add_argument("--compile", default="dynamic", choices=[*sorted(COMPILE), "none"],
+                        help="torch.compile options of the compiled mode (default dynamic: compile_world's; "
+                             "none: no compiled mode, one policy in memory)")
     parser.add_argument("--train-only", action="store_true", help="(a) only, without fm_only_hf_vision")
     parser.add_argument("--profile", action="store_true", help="profile the fused and the compiled mode (CUDA)")
     parser.add_argument("--out", type=Path, default=Path(os.environ["OUT"]) if os.environ.get("OUT") else None)
@@ -175,7 +184,7 @@ def main() -> None:
         raise SystemExit("no CUDA device here: run with --device cpu --small for the CPU rehearsal")
     if args.threads:
         torch.set_num_threads(args.threads)
-    name = "tiny" if args.small else "mid"
+    name = "tiny" if args.small else args.config
     batch_size = args.batch_size or (4 if args.small else 16)
     iters = args.iters or (3 if args.small else 20)
     args.dtype = args.dtype or ("bf16" if args.device.startswith("cuda") else "fp32")
@@ -185,9 +194,11 @@ def main() -> None:
     root = Path(tempfile.mkdtemp(prefix="sagrflow-gpu-check-"))
     policy = build(name, root, args.device)
     built = time.perf_counter() - start
-    compiled = build(name, root, args.device)
-    compiled.compile_world(**COMPILE[args.compile])
-    train = train_times({False: policy, True: compiled}, batch_size, iters, args.device, dtype,
+    policies = {False: policy}
+    if args.compile != "none":
+        policies[True] = build(name, root, args.device)
+        policies[True].compile_world(**COMPILE[args.compile])
+    train = train_times(policies, batch_size, iters, args.device, dtype,
                         hf=not args.train_only, profile=args.profile and args.device.startswith("cuda"))
     predict = None if args.train_only else predict_times(policy, iters, args.device, dtype)
     device = torch.cuda.get_device_name(args.device) if args.device.startswith("cuda") else "cpu"
@@ -200,10 +211,11 @@ def main() -> None:
     for mode, row in train.items():
         peak = f"{row['peak_mib']:9.0f}" if "peak_mib" in row else f"{'-':>9}"
         print(f"    {mode:26s} {row['ms']:8.1f} {row['ratio_to_fm_only']:9.2f}x {peak}")
-    print(f"    (sagr_chain reuses the t+k tokens of {train['sagr_chain']['reused_pairs']:.0%} of the pairs; "
-          f"compiling the world modules ({args.compile}) took {train['sagr_chain_fused_compiled']['first_step_s']:.0f}s)")
+    compiled = train.get("sagr_chain_fused_compiled")
+    print(f"    (sagr_chain reuses the t+k tokens of {train['sagr_chain']['reused_pairs']:.0%} of the pairs"
+          + (f"; compiling the world modules ({args.compile}) took {compiled['first_step_s']:.0f}s)" if compiled else ")"))
     for mode in ("sagr_chain_fused", "sagr_chain_fused_compiled"):
-        if "profile" in train[mode]:
+        if "profile" in train.get(mode, {}):
             prof = train[mode]["profile"]
             print(f"    profile {mode}: {prof['launches_per_step']:.0f} launches, {prof['gpu_ms_per_step']:.1f} GPU ms per step")
             for key, count, ms in prof["top"]:
@@ -213,7 +225,7 @@ def main() -> None:
     print(f"total {result['total_s']:.0f}s")
     if args.out is not None:
         args.out.mkdir(parents=True, exist_ok=True)
-        path = args.out / f"gpu_check_b{batch_size}_{args.compile}.json"
+        path = args.out / f"gpu_check_{name}_b{batch_size}_{args.compile}.json"
         path.write_text(json.dumps(result, indent=2))
         print(f"wrote {path}")
 

@@ -39,6 +39,8 @@ from sagrflow.model.tiny import make_tiny
 CONFIGS = {
     "tiny": {"llm": (64, 4), "action_model": {}},
     "mid": {"llm": (512, 8), "action_model": {"dit_width": 512, "dit_heads": 8}},
+    # Qwen2.5-VL-3B's shapes (its vision tower, 12 of its 36 LLM layers), about 1.9B parameters: GPU only
+    "large": {"llm": (2048, 12), "preset": "qwen2_5_vl_3b", "action_model": {"dit_width": 1024, "dit_heads": 16}},
 }
 H, A, S, CAMS, SIDE, K = 8, 7, 8, 2, 224, 7
 
@@ -48,7 +50,7 @@ def build(name: str, root: Path, device: str, **action_model) -> SAGRPolicy:
     hidden, layers = CONFIGS[name]["llm"]
     path = root / name
     if not (path / "config.json").exists():
-        make_tiny("qwen2_5_vl", path, hidden_size=hidden, num_layers=layers)
+        make_tiny("qwen2_5_vl", path, hidden_size=hidden, num_layers=layers, preset=CONFIGS[name].get("preset"))
     am = {"action_horizon": H, "action_dim": A, "state_dim": S, **CONFIGS[name]["action_model"], **action_model}
     cfg = FrameworkConfig.from_dict({"backbone": {"path": str(path)}, "action_model": am})
     torch.manual_seed(0)

@@ -94,6 +94,9 @@ def test_make_tiny_cli_writes_a_standard_checkpoint(tmp_path):
     assert type(AutoProcessor.from_pretrained(out)).__name__ == "LlavaProcessor"
     with pytest.raises(ValueError, match="unknown tiny arch"):
         make_tiny("gpt2", tmp_path / "x")
+    for arch, preset in (("llava", "qwen2_5_vl_3b"), ("qwen2_5_vl", "qwen2_5_vl_7b")):
+        with pytest.raises(ValueError, match="presets are"):
+            make_tiny(arch, tmp_path / "y", preset=preset)
 
 
 def test_same_seed_gives_same_tiny_weights(tmp_path):

@@ -63,26 +63,42 @@ def _text_kwargs(vocab_size: int, pad_id: int, hidden: int, layers: int) -> dict
     )
 
 
+# published shapes, for benchmarks at a real model's size (random weights, any number of LLM layers)
+PRESETS = {
+    "qwen2_5_vl_3b": {  # Qwen2.5-VL-3B-Instruct's config.json (its LLM has 36 layers)
+        "text": dict(hidden_size=2048, intermediate_size=11008, num_attention_heads=16, num_key_value_heads=2,
+                     rope_theta=1000000.0),
+        "vision": dict(depth=32, hidden_size=1280, intermediate_size=3420, num_heads=16, window_size=112,
+                       fullatt_block_indexes=[7, 15, 23, 31]),
+    },
+}
+
+
 def _mrope_section(text: dict) -> list[int]:
     """Qwen's multimodal rope splits half the head dim over (t, h, w) as 1/4, 3/8, 3/8."""
     half = text["hidden_size"] // text["num_attention_heads"] // 2
     return [half // 4, 3 * half // 8, half - half // 4 - 3 * half // 8]
 
 
-def _build_qwen2_5_vl(hidden: int, layers: int):
+def _build_qwen2_5_vl(hidden: int, layers: int, preset: str | None = None):
     from transformers import Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration
     from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
 
     tokenizer, vocab = _tokenizer(_QWEN_SPECIALS, pad="<|endoftext|>", eos="<|im_end|>", bos=None, unk=None)
     text = _text_kwargs(len(vocab), vocab["<|endoftext|>"], hidden, layers)
     text.update(bos_token_id=None, eos_token_id=vocab["<|im_end|>"])
-    text["rope_parameters"] = {"rope_type": "default", "rope_theta": 10000.0, "mrope_section": _mrope_section(text)}
+    vision = dict(depth=2, hidden_size=32, intermediate_size=64, num_heads=2, window_size=56, fullatt_block_indexes=[1])
+    theta = 10000.0
+    if preset is not None:
+        shapes = PRESETS[preset]
+        text.update({k: v for k, v in shapes["text"].items() if k != "rope_theta"})
+        vision.update(shapes["vision"])
+        theta = shapes["text"]["rope_theta"]
+    text["rope_parameters"] = {"rope_type": "default", "rope_theta": theta, "mrope_section": _mrope_section(text)}
     config = Qwen2_5_VLConfig(
         text_config=text,
-        vision_config=dict(
-            depth=2, hidden_size=32, intermediate_size=64, num_heads=2, out_hidden_size=hidden, patch_size=14,
-            spatial_merge_size=2, temporal_patch_size=2, window_size=56, fullatt_block_indexes=[1],
-        ),
+        vision_config=dict(vision, out_hidden_size=text["hidden_size"], patch_size=14, spatial_merge_size=2,
+                           temporal_patch_size=2),
         **_qwen_common(vocab),
     )
     model = Qwen2_5_VLForConditionalGeneration(config)
@@ -148,19 +164,24 @@ def _build_llava(hidden: int, layers: int):
 _BUILDERS = {"qwen2_5_vl": _build_qwen2_5_vl, "qwen3_vl": _build_qwen3_vl, "llava": _build_llava}
 
 
-def make_tiny(arch: str, out_dir: str | Path, seed: int = 0, hidden_size: int = 64, num_layers: int = 4) -> Path:
+def make_tiny(arch: str, out_dir: str | Path, seed: int = 0, hidden_size: int = 64, num_layers: int = 4,
+              preset: str | None = None) -> Path:
     """Write a tiny random-weight `arch` checkpoint (model, tokenizer, image processor) to `out_dir`.
 
     `hidden_size` / `num_layers` size the language model (e.g. 512 / 8 for benchmarks);
-    the vision tower stays tiny.
+    the vision tower stays tiny. `preset` (a key of PRESETS, Qwen2.5-VL only) takes a published
+    model's shapes instead, tower included, with `num_layers` LLM layers.
     """
     if arch not in _BUILDERS:
         raise ValueError(f"unknown tiny arch {arch!r}; use one of {ARCHS}")
+    if preset is not None and (arch != "qwen2_5_vl" or preset not in PRESETS):
+        raise ValueError(f"preset {preset!r} for {arch!r}: presets are {sorted(PRESETS)}, for qwen2_5_vl")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        model, tokenizer, image_processor = _BUILDERS[arch](hidden_size, num_layers)
+        args = (hidden_size, num_layers) if preset is None else (hidden_size, num_layers, preset)
+        model, tokenizer, image_processor = _BUILDERS[arch](*args)
     model.save_pretrained(out)
     tokenizer.save_pretrained(out)
     image_processor.save_pretrained(out)
