@@ -223,11 +223,15 @@ def main() -> None:
     if predict is not None:
         print_predict(predict)
     print(f"total {result['total_s']:.0f}s")
-    if args.out is not None:
-        args.out.mkdir(parents=True, exist_ok=True)
-        path = args.out / f"gpu_check_{name}_b{batch_size}_{args.compile}.json"
-        path.write_text(json.dumps(result, indent=2))
-        print(f"wrote {path}")
+    write_result(args.out, f"gpu_check_{name}_b{batch_size}_{args.compile}.json", result)
+
+
+def write_result(out: Path | None, filename: str, result: dict) -> None:
+    """The result as JSON under `out` ($OUT or --out), when there is one."""
+    if out is not None:
+        out.mkdir(parents=True, exist_ok=True)
+        (out / filename).write_text(json.dumps(result, indent=1))
+        print(f"wrote {out / filename}")
 
 
 def print_predict(predict: dict) -> None:

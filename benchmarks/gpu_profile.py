@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import collections
 import cProfile
-import json
 import os
 import pstats
 import statistics
@@ -31,7 +30,7 @@ from pathlib import Path
 
 import torch
 
-from gpu_check import profiled
+from gpu_check import profiled, write_result
 from model_step import build, fake_batch, sync, train_step
 from sagrflow.model.losses import reduce_losses
 
@@ -147,11 +146,7 @@ def main() -> None:
     print("python functions whose own host time grows most, fm_only -> sagr_fused (ms per step):")
     for key in grown:
         print(f"    {fm_py.get(key, 0.0):7.2f} -> {sagr_py[key]:7.2f}  {key[-90:]}")
-    if args.out is not None:
-        args.out.mkdir(parents=True, exist_ok=True)
-        path = args.out / f"gpu_profile_b{args.batch_size}.json"
-        path.write_text(json.dumps(result, indent=1))
-        print(f"wrote {path}")
+    write_result(args.out, f"gpu_profile_b{args.batch_size}.json", result)
 
 
 if __name__ == "__main__":
