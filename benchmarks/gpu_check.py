@@ -100,23 +100,29 @@ def train_times(policies: dict[bool, object], batch_size: int, iters: int, devic
     return out
 
 
-def profiled(fn, steps: int = 3, top: int = 8) -> dict:
-    """Per step: kernel launches (graph replays count one), GPU kernel time, and the `top` kernels by GPU time."""
+def profiled(fn, steps: int = 3, top: int = 8, cuda: bool = True) -> dict:
+    """Per step: kernel launches (graph replays count one), GPU kernel time, the `top` kernels by GPU
+    time, and the host (CPU) ms of each kind of backward node, from torch.profiler."""
     from torch.profiler import ProfilerActivity, profile
 
     fn()
-    with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+    with profile(activities=[ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])) as prof:
         for _ in range(steps):
             fn()
-        torch.cuda.synchronize()
+        if cuda:
+            torch.cuda.synchronize()
     events = prof.key_averages()
     launches = sum(e.count for e in events if e.key in ("cudaLaunchKernel", "cuLaunchKernel", "cudaLaunchKernelExC",
                                                         "cudaGraphLaunch", "cuLaunchKernelEx"))
     kernels = [e for e in events if e.device_type == torch.autograd.DeviceType.CUDA and e.self_device_time_total > 0]
     kernels.sort(key=lambda e: -e.self_device_time_total)
+    node = "autograd::engine::evaluate_function: "
+    backward = {e.key[len(node):]: [e.count // steps, e.cpu_time_total / 1e3 / steps]
+                for e in events if e.key.startswith(node)}
     return {"launches_per_step": launches / steps,
             "gpu_ms_per_step": sum(e.self_device_time_total for e in kernels) / 1e3 / steps,
-            "top": [[e.key[:70], e.count // steps, e.self_device_time_total / 1e3 / steps] for e in kernels[:top]]}
+            "top": [[e.key[:70], e.count // steps, e.self_device_time_total / 1e3 / steps] for e in kernels[:top]],
+            "backward_cpu_ms": backward}
 
 
 def hf_vision(policy, fn) -> None:

@@ -7,7 +7,8 @@ gpu_check.py says what the temporal supervision costs; this says why. For fm-onl
             synchronization inside the step; "wait" is what the final synchronize still waits for.
             host ~ wall and a short wait: the step is bound by the host issuing work, not the GPU
   syncs     host-device synchronizations in one step, and where they come from
-  gpu       kernel launches and GPU kernel time per step (torch.profiler)
+  gpu       kernel launches and GPU kernel time per step, host time per kind of backward node
+            (torch.profiler)
   python    the functions whose own host time (cProfile) grows most from fm-only to SA-GR
 
     PYTHONPATH=src python3 benchmarks/gpu_profile.py [--batch-size 64]
@@ -127,7 +128,7 @@ def main() -> None:
         step()
         result[mode] = {"host_ms": host_split(policy, batch, fm, optimizer, dtype, args.steps, args.device),
                         "syncs": sync_sites(step) if cuda else {},
-                        "gpu": profiled(step) if cuda else {"launches_per_step": 0.0, "gpu_ms_per_step": 0.0},
+                        "gpu": profiled(step, cuda=cuda),
                         "python_ms": python_time(step, args.device)}
     print(f"{device_name}, torch {result['torch']}, {name} config, batch {args.batch_size}, "
           f"{'bf16 autocast' if cuda else 'fp32'}")
@@ -146,6 +147,11 @@ def main() -> None:
     print("python functions whose own host time grows most, fm_only -> sagr_fused (ms per step):")
     for key in grown:
         print(f"    {fm_py.get(key, 0.0):7.2f} -> {sagr_py[key]:7.2f}  {key[-90:]}")
+    fm_bw, sagr_bw = (result[m]["gpu"]["backward_cpu_ms"] for m in MODES)
+    print("backward nodes whose host time grows most, fm_only -> sagr_fused (count and ms per step):")
+    for key in sorted(sagr_bw, key=lambda k: fm_bw.get(k, [0, 0.0])[1] - sagr_bw[k][1])[:15]:
+        (n0, ms0), (n1, ms1) = fm_bw.get(key, [0, 0.0]), sagr_bw[key]
+        print(f"    {n0:5d} {ms0:7.2f} -> {n1:5d} {ms1:7.2f}  {key}")
     write_result(args.out, f"gpu_profile_b{args.batch_size}.json", result)
 
 
