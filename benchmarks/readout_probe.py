@@ -75,7 +75,7 @@ class VLMSummary(nn.Module):
 
     def forward(self, images: torch.Tensor, state: torch.Tensor, task: torch.Tensor, lang: list[str]) -> torch.Tensor:
         out = self.backbone(images, lang)
-        z = self.summary(out.hidden_states[self.layer], out.visual_mask, out.visual_pos, out.text_mask)
+        z = self.summary(out.hidden_states[self.layer], out.visual_mask, out.visual_pos, out.text_mask, out.cameras)
         return self.mlp(torch.cat([z, state], 1)).view(-1, H, A)
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 import torch
 
@@ -57,11 +59,20 @@ def test_summary_sees_where_a_token_is_and_the_instruction():
     assert not torch.allclose(summary(instruction, visual, pos, text, 2), base, atol=1e-4)
 
 
-def test_summary_rejects_more_cameras_than_it_pools():
+def test_summary_rejects_more_cameras_than_it_pools(tiny_dir):
     summary = ObservationSummary(16, 8, basis=2)
     hidden, visual, pos, text = _summary_inputs()
     with pytest.raises(ValueError, match="observation_basis"):
         summary(hidden, visual, pos, text, MAX_CAMERAS + 1)
+    # through the policy: the backbone reports the batch's cameras, checked before any pooling
+    policy = build_policy(tiny_dir)
+    for cameras in (2, 3):
+        images = torch.randint(0, 256, (1, cameras, 3, 56, 56), dtype=torch.uint8)
+        assert policy.backbone(images, ["open it"]).cameras == cameras
+    batch = make_batch()
+    wide = replace(batch, image_t=batch.image_t[:, :1].expand(-1, MAX_CAMERAS + 1, -1, -1, -1).contiguous())
+    with pytest.raises(ValueError, match=f"the batch has {MAX_CAMERAS + 1}"):
+        policy(wide)
 
 
 def test_observation_basis_is_validated_and_zero_turns_the_summary_off(tiny_dir):

@@ -113,6 +113,27 @@ def test_llm_positions_run_once_per_row_layout_and_equal_the_models_own(tiny_dir
     assert calls[-1] == 4
 
 
+@pytest.mark.parametrize("arch", ["qwen2_5_vl", "qwen3_vl"])
+def test_llm_positions_follow_each_rows_own_grids(tiny_dirs, arch):
+    """Wide and tall images give the same token types but other M-RoPE positions; rows with different
+    grids in one batch each read their own (a batch the backbone makes has one image size)."""
+    backbone = VLMBackbone.from_pretrained(tiny_dirs[arch])
+    model = backbone.vlm
+    side = 28 if arch == "qwen2_5_vl" else 32  # the merge unit: 2 x 4 and 4 x 2 merged tokens
+    g = torch.Generator().manual_seed(5)
+    parts = [backbone.prepare_inputs(torch.randint(0, 256, (1, 2, 3, h, w), generator=g, dtype=torch.uint8), [lang])
+             for (h, w), lang in (((2 * side, 4 * side), "open it"), ((4 * side, 2 * side), "open it"))]
+    length = max(p["input_ids"].shape[1] for p in parts)
+    merged = {k: torch.cat([F.pad(p[k], (0, length - p[k].shape[1])) for p in parts])
+              for k in ("input_ids", "mm_token_type_ids", "attention_mask")}
+    merged["image_grid_thw"] = torch.cat([p["image_grid_thw"] for p in parts])
+    assert not torch.equal(*merged["image_grid_thw"][[0, 2]])  # the rows' grids differ
+    for inputs in ({k: v for k, v in parts[0].items() if k != "visual_pos"}, merged):
+        want = model.get_rope_index(inputs["input_ids"], inputs["mm_token_type_ids"],
+                                    image_grid_thw=inputs["image_grid_thw"], attention_mask=inputs["attention_mask"])[0]
+        assert torch.equal(llm_positions(model, inputs), want)
+
+
 @pytest.mark.parametrize("arch", ["qwen2_5_vl", "qwen3_vl", "llava"])
 def test_prompt_ids_equal_the_tokenizers_batch_call(tiny_dirs, arch):
     backbone = VLMBackbone.from_pretrained(tiny_dirs[arch])
@@ -123,17 +144,39 @@ def test_prompt_ids_equal_the_tokenizers_batch_call(tiny_dirs, arch):
     assert ids.dtype == want["input_ids"].dtype and mask.dtype == want["attention_mask"].dtype
 
 
-def test_tower_inputs_are_built_once_per_set_of_grids(tiny_dirs, monkeypatch):
+@pytest.mark.parametrize(("arch", "side"), [("qwen2_5_vl", 56), ("qwen3_vl", 64)])
+def test_tower_inputs_are_built_once_per_set_of_grids(tiny_dirs, monkeypatch, arch, side):
     import sagrflow.model.qwen_vision as qv
 
-    backbone = VLMBackbone.from_pretrained(tiny_dirs["qwen2_5_vl"])
-    images = torch.randint(0, 256, (2, 2, 3, 56, 56), generator=torch.Generator().manual_seed(4), dtype=torch.uint8)
+    backbone = VLMBackbone.from_pretrained(tiny_dirs[arch])
+    images = torch.randint(0, 256, (2, 2, 3, side, side), generator=torch.Generator().manual_seed(4), dtype=torch.uint8)
     built = []
     real = qv._tower_positions
     monkeypatch.setattr(qv, "_tower_positions", lambda *a: (built.append(1), real(*a))[1])
+    first = backbone(images, ["open it", "close it"], all_layers=False).last_hidden_state
+    first.square().mean().backward()
     with torch.no_grad():
-        first = backbone(images, ["open it", "close it"], all_layers=False).last_hidden_state
         second = backbone(images, ["open it", "close it"], all_layers=False).last_hidden_state
         backbone(images[:1], ["open it"], all_layers=False)  # other grids: built anew
-    assert torch.equal(first, second)  # the remembered inputs were not changed by the first pass
+    assert torch.equal(first.detach(), second)  # the remembered inputs survived a forward and backward
     assert len(built) == 2
+
+
+def test_backbone_memos_copy_and_pickle(tiny_dirs):
+    import copy
+    import pickle
+
+    from sagrflow.core.memo import Memo
+
+    backbone = VLMBackbone.from_pretrained(tiny_dirs["qwen2_5_vl"])
+    texts = [backbone._prompt([4, 4], "open it")]
+    ids, _ = backbone._tokenize(texts)
+    twin = copy.deepcopy(backbone)
+    assert twin._prompt_ids is not backbone._prompt_ids
+    assert torch.equal(twin._tokenize(texts)[0], ids)
+    memo = Memo(2)
+    for key in "abc":
+        memo.get_or(key, lambda key=key: key * 2)
+    assert len(memo) == 2 and memo.get_or("c", lambda: "new") == "cc"  # the oldest went, the latest stays
+    again = pickle.loads(pickle.dumps(memo))
+    assert len(again) == 0 and again.size == 2

@@ -19,12 +19,13 @@ from __future__ import annotations
 import json
 from collections.abc import Sequence
 from dataclasses import dataclass
-from functools import lru_cache
+from functools import lru_cache, partial
 from pathlib import Path
 
 import torch
 from torch import nn
 
+from sagrflow.core.memo import Memo
 from sagrflow.model.pixels import qwen_pixels
 from sagrflow.model.qwen_vision import batch_segments, host_position_inputs
 
@@ -118,7 +119,7 @@ class VLMBackbone(nn.Module):
             self.tokenizer.pad_token = self.tokenizer.eos_token
         # token ids of each distinct prompt: a dataset holds few instructions, and the tokenizer's batch
         # call costs about 0.1 ms of host time per row
-        self._prompt_ids = lru_cache(maxsize=4096)(self._encode_prompt)
+        self._prompt_ids = Memo(4096)
 
     # --- construction ------------------------------------------------------------------
     @classmethod
@@ -193,7 +194,7 @@ class VLMBackbone(nn.Module):
     def _tokenize(self, texts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
         """B prompts -> input_ids and attention_mask (B, L), right-padded, as `tokenizer(texts, padding=True)`
         returns them (a row's ids do not depend on the other rows)."""
-        rows = [self._prompt_ids(text) for text in texts]
+        rows = [self._prompt_ids.get_or(text, partial(self._encode_prompt, text)) for text in texts]
         ids = nn.utils.rnn.pad_sequence(rows, batch_first=True, padding_value=self.tokenizer.pad_token_id)
         lengths = torch.tensor([len(row) for row in rows])
         return ids, (torch.arange(ids.shape[1]) < lengths[:, None]).long()
@@ -238,11 +239,11 @@ class VLMBackbone(nn.Module):
                      tok.padding_side, self.image_token_id))
 
 
-@lru_cache(maxsize=16)
+@lru_cache(maxsize=64)  # keyed by the batch's grids: one entry per row count
 def _visual_positions(grids: tuple[tuple[int, int, int], ...], cameras: int) -> torch.Tensor:
     """Per-image token grids (B*C of (rows, columns, extra)) -> (B*V, 3) (camera, row, column) of every
-    visual token in prompt order; a leading extra token (CLS) sits at the image centre. Remembered:
-    a fixed camera setup has one set of grids per batch size (callers only read the tensor)."""
+    visual token in prompt order; a leading extra token (CLS) sits at the image centre. Remembered
+    (callers only read the tensor)."""
     out = []
     for i, (rows, cols, extra) in enumerate(grids):
         r = (torch.arange(rows * cols) // cols + 0.5) / rows

@@ -12,9 +12,9 @@ the host sets the step time. Here:
   - `host_position_inputs` runs transformers' own code on the host copies of the inputs
     (the same functions, so the same tensors) and hands the results to the model as its
     `position_ids` and precomputed `image_*` keyword arguments. It runs that code once per
-    distinct input: the tower's positions per set of image grids, the LLM's per row layout
-    (token types and grids), remembered per model. A fixed camera setup has one set of grids
-    and a dataset a few prompt lengths, so most steps build nothing (benchmarks/host_inputs.py);
+    distinct input: the tower's positions per set of image grids (a fixed camera setup has one
+    per row count), the LLM's per row layout (token types and grids; a dataset has a few prompt
+    lengths), remembered per model, so most steps build nothing (benchmarks/host_inputs.py);
   - `batch_segments` gives each vision attention module a forward that sends all pieces
     through one `scaled_dot_product_attention`: a view when they share one length (a fixed
     image size), otherwise padded to the longest with the padding keys masked. Queries
@@ -30,12 +30,13 @@ import sys
 import types
 import weakref
 from collections import OrderedDict
-from collections.abc import Callable, Hashable
 from functools import lru_cache, partial
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from sagrflow.core.memo import Memo
 
 PATCHED = ("Qwen2_5_VLVisionAttention", "Qwen3VLVisionAttention")
 
@@ -65,30 +66,12 @@ class _Lengths:
         return lengths
 
 
-class _Memo(OrderedDict):
-    """The latest `size` results of a host computation, by key."""
-
-    def __init__(self, size: int):
-        super().__init__()
-        self.size = size
-
-    def get_or(self, key: Hashable, make: Callable[[], object]):
-        hit = self.get(key)
-        if hit is None:
-            hit = self[key] = make()
-            if len(self) > self.size:
-                self.popitem(last=False)
-        else:
-            self.move_to_end(key)
-        return hit
+_MEMOS: weakref.WeakKeyDictionary[nn.Module, dict[str, Memo]] = weakref.WeakKeyDictionary()
 
 
-_MEMOS: weakref.WeakKeyDictionary[nn.Module, dict[str, _Memo]] = weakref.WeakKeyDictionary()
-
-
-def _memo(model: nn.Module, name: str, size: int) -> _Memo:
+def _memo(model: nn.Module, name: str, size: int) -> Memo:
     """`model`'s memo `name` (dropped with the model)."""
-    return _MEMOS.setdefault(model, {}).setdefault(name, _Memo(size))
+    return _MEMOS.setdefault(model, {}).setdefault(name, Memo(size))
 
 
 def host_position_inputs(model: nn.Module, inputs: dict[str, torch.Tensor],
@@ -99,7 +82,9 @@ def host_position_inputs(model: nn.Module, inputs: dict[str, torch.Tensor],
     position interpolation)."""
     grid_thw = inputs["image_grid_thw"]
     grids = tuple(map(tuple, grid_thw.tolist()))
-    out = _memo(model, "tower", 8).get_or(grids, lambda: _tower_positions(model.visual, grid_thw))
+    # keyed by the batch's grids, so each row count takes an entry (SA-GR's fused rows and target
+    # passes vary it): room for 64, about 1 MB each at 256 images of 224 px
+    out = _memo(model, "tower", 64).get_or(grids, lambda: _tower_positions(model.visual, grid_thw))
     moved = {k: v.to(device, non_blocking=True) for k, v in out.items()}
     for key in ("cu_seqlens", "cu_window_seqlens"):
         if key in out:
