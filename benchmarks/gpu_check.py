@@ -100,9 +100,13 @@ def train_times(policies: dict[bool, object], batch_size: int, iters: int, devic
     return out
 
 
-def profiled(fn, steps: int = 3, top: int = 8, cuda: bool = True) -> dict:
+def profiled(fn, steps: int = 3, top: int = 8, cuda: bool = True, trace: Path | None = None) -> dict:
     """Per step: kernel launches (graph replays count one), GPU kernel time, the `top` kernels by GPU
-    time, and the host (CPU) ms of each kind of backward node, from torch.profiler."""
+    time, and the host (CPU) ms of each kind of backward node, from torch.profiler. `trace`: also
+    write the profile as a gzipped Chrome trace (chrome://tracing, Perfetto) to that path."""
+    import gzip
+    import os
+
     from torch.profiler import ProfilerActivity, profile
 
     fn()
@@ -111,6 +115,12 @@ def profiled(fn, steps: int = 3, top: int = 8, cuda: bool = True) -> dict:
             fn()
         if cuda:
             torch.cuda.synchronize()
+    if trace is not None:
+        trace.parent.mkdir(parents=True, exist_ok=True)
+        raw = trace.with_suffix("")  # the profiler writes plain JSON
+        prof.export_chrome_trace(str(raw))
+        trace.write_bytes(gzip.compress(raw.read_bytes()))
+        os.remove(raw)
     events = prof.key_averages()
     launches = sum(e.count for e in events if e.key in ("cudaLaunchKernel", "cuLaunchKernel", "cudaLaunchKernelExC",
                                                         "cudaGraphLaunch", "cuLaunchKernelEx"))

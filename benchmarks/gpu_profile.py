@@ -105,6 +105,8 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=8, help="timed steps per mode")
     parser.add_argument("--device", default="cuda")
     parser.add_argument("--small", action="store_true", help="tiny config, batch 4: a quick CPU rehearsal")
+    parser.add_argument("--trace", action="store_true", help="also write each mode's profile (3 steps) as a gzipped "
+                        "Chrome trace under --out: what the host ran while the GPU waited")
     parser.add_argument("--out", type=Path, default=Path(os.environ["OUT"]) if os.environ.get("OUT") else None)
     args = parser.parse_args()
     cuda = args.device.startswith("cuda")
@@ -128,7 +130,8 @@ def main() -> None:
         step()
         result[mode] = {"host_ms": host_split(policy, batch, fm, optimizer, dtype, args.steps, args.device),
                         "syncs": sync_sites(step) if cuda else {},
-                        "gpu": profiled(step, cuda=cuda),
+                        "gpu": profiled(step, cuda=cuda, trace=None if args.out is None or not args.trace else
+                                        args.out / f"trace_{mode}_b{args.batch_size}.json.gz"),
                         "python_ms": python_time(step, args.device)}
     print(f"{device_name}, torch {result['torch']}, {name} config, batch {args.batch_size}, "
           f"{'bf16 autocast' if cuda else 'fp32'}")
