@@ -66,8 +66,8 @@ def _text_kwargs(vocab_size: int, pad_id: int, hidden: int, layers: int) -> dict
 # published shapes, for benchmarks at a real model's size (random weights, any number of LLM layers)
 PRESETS = {
     "qwen2_5_vl_3b": {  # Qwen2.5-VL-3B-Instruct's config.json (its LLM has 36 layers)
-        "text": dict(hidden_size=2048, intermediate_size=11008, num_attention_heads=16, num_key_value_heads=2,
-                     rope_theta=1000000.0),
+        "text": dict(hidden_size=2048, intermediate_size=11008, num_attention_heads=16, num_key_value_heads=2),
+        "rope_theta": 1000000.0,
         "vision": dict(depth=32, hidden_size=1280, intermediate_size=3420, num_heads=16, window_size=112,
                        fullatt_block_indexes=[7, 15, 23, 31]),
     },
@@ -88,13 +88,11 @@ def _build_qwen2_5_vl(hidden: int, layers: int, preset: str | None = None):
     text = _text_kwargs(len(vocab), vocab["<|endoftext|>"], hidden, layers)
     text.update(bos_token_id=None, eos_token_id=vocab["<|im_end|>"])
     vision = dict(depth=2, hidden_size=32, intermediate_size=64, num_heads=2, window_size=56, fullatt_block_indexes=[1])
-    theta = 10000.0
-    if preset is not None:
-        shapes = PRESETS[preset]
-        text.update({k: v for k, v in shapes["text"].items() if k != "rope_theta"})
-        vision.update(shapes["vision"])
-        theta = shapes["text"]["rope_theta"]
-    text["rope_parameters"] = {"rope_type": "default", "rope_theta": theta, "mrope_section": _mrope_section(text)}
+    shapes = PRESETS[preset] if preset is not None else {"text": {}, "vision": {}, "rope_theta": 10000.0}
+    text.update(shapes["text"])
+    vision.update(shapes["vision"])
+    text["rope_parameters"] = {"rope_type": "default", "rope_theta": shapes["rope_theta"],
+                               "mrope_section": _mrope_section(text)}
     config = Qwen2_5_VLConfig(
         text_config=text,
         vision_config=dict(vision, out_hidden_size=text["hidden_size"], patch_size=14, spatial_merge_size=2,
