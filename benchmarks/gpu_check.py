@@ -196,6 +196,8 @@ def main() -> None:
     parser.add_argument("--profile", action="store_true", help="profile the fused and the compiled mode (CUDA)")
     parser.add_argument("--out", type=Path, default=Path(os.environ["OUT"]) if os.environ.get("OUT") else None)
     args = parser.parse_args()
+    if args.small and args.config != "mid":
+        parser.error(f"--small runs the tiny config; drop it or --config {args.config}")
     if args.device.startswith("cuda") and not torch.cuda.is_available():
         raise SystemExit("no CUDA device here: run with --device cpu --small for the CPU rehearsal")
     if args.threads:
