@@ -84,3 +84,33 @@ def test_task_tokens_keep_their_scale_whatever_the_vlm_scale():
         for scale in (1.0, 100.0):
             tokens = anchor(hidden * scale, visual, ~visual)  # (2, 4, 16)
             torch.testing.assert_close(tokens.std(-1, unbiased=False), torch.ones(2, 4), atol=1e-3, rtol=0)
+
+
+def test_geo_loss_is_a_weighted_mean_over_width_not_a_sum():
+    """loss_geo = 0.5 r^T W r of the pooled residual, W = softmax(geo_logits) (trace 1): the same
+    per-dimension residual gives the same loss at width 16 and 256, and W reweights it."""
+    from sagrflow.model.action_head import ActionHead
+
+    def geo(width: int, logits: torch.Tensor | None = None) -> torch.Tensor:
+        torch.manual_seed(0)
+        cfg = ActionModelConfig(dit_width=width, dit_heads=2, state_dim=0, world_depth=1)
+        head = ActionHead(cfg, vlm_dim=16, depth=1)
+        if logits is not None:
+            head.geo_logits.data.copy_(logits)
+        with torch.no_grad():  # the world predictor outputs delta = 0: pred_next = task_tokens
+            head.world.out.weight.zero_()
+            head.world.out.bias.zero_()
+        b = 2
+        tokens = torch.zeros(b, 4, width)
+        tokens_next = torch.full((b, 4, width), 0.5)
+        tokens_next[:, :, : width // 2] = 1.5  # pooled residual: 1.5 on the first half, 0.5 on the second
+        out = head([torch.randn(b, 5, 16)], torch.randn(b, 8, 7), None, torch.ones(b, 5, dtype=torch.bool),
+                   tokens, tokens_next, torch.ones(b), torch.ones(b, 8))
+        return out["loss_geo"]
+
+    expected = 0.5 * (0.5 * 1.5**2 + 0.5 * 0.5**2)  # uniform W: the mean of r^2, halved
+    for width in (16, 256):
+        torch.testing.assert_close(geo(width), torch.full((2,), expected))
+    # all of W's weight on the first half: 0.5 * 1.5^2
+    logits = torch.cat([torch.zeros(8), torch.full((8,), -1e4)])
+    torch.testing.assert_close(geo(16, logits), torch.full((2,), 0.5 * 1.5**2))

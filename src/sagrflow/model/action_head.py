@@ -85,7 +85,7 @@ class ActionHead(nn.Module):
         self.action_out = nn.Linear(w, cfg.action_dim)
         self.world = WorldPredictor(cfg)
         self.drift = DriftHead(cfg)
-        self.geo_logits = nn.Parameter(torch.zeros(w))  # W = w * softmax(logits): positive, trace w
+        self.geo_logits = nn.Parameter(torch.zeros(w))  # W = softmax(logits): positive, trace 1
 
     # --- pieces shared by training and inference ---------------------------------------
     def prepare_context(self, vl_embs_list: list[torch.Tensor], mask: torch.Tensor) -> list[KV]:
@@ -122,8 +122,13 @@ class ActionHead(nn.Module):
         return task_tokens + self.world(task_tokens, action_ctx, state, temb)
 
     def geo_metric(self) -> torch.Tensor:
-        """Positive diagonal of W, (W,), mean 1: learned relative weights that cannot collapse to 0."""
-        return self.geo_logits.numel() * torch.softmax(self.geo_logits, dim=0)
+        """Positive diagonal of W, (W,), trace 1: learned relative weights that cannot collapse to 0.
+
+        Trace 1 makes 0.5 r^T W r a weighted mean over the W dimensions, as loss_dyn is a mean, so
+        its scale does not grow with dit_width. With trace W (W = I at init) it was a sum: at init,
+        width 1024, loss_geo was about 270 and its weighted gradient on the VLM 39x loss_fm's, so
+        gradient clipping and Adam handed the VLM to the geo term (5x at the demo's width 64)."""
+        return torch.softmax(self.geo_logits, dim=0)
 
     # --- training ------------------------------------------------------------------------
     def forward(
