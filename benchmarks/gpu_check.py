@@ -6,10 +6,10 @@ and 12 of its 36 LLM layers, DiT of width 1024), under bf16 autocast, medians of
   (a) optimizer step time (forward + backward + AdamW step) of
         fm_only      plain flow matching, one VLM pass
         sagr_naive   SA-GR, chain_length 1: every t+k pair through the extra no-grad VLM pass
-        sagr_chain   SA-GR, chain_length 4 (datasets.vla_data.chain_length): samples come in
-                     chains t, t+k, ..., collate's tk_index lets 3 of every 4 pairs reuse tokens
-        sagr_chain_fused  as sagr_chain, with framework.action_model.target_pass fused: the 4
-                     remaining t+k frames ride in the image_t VLM call instead of a call of their own
+        sagr_chain   SA-GR, chain_length 4 (datasets.vla_data.chain_length; `--chain-length`): samples
+                     come in chains t, t+k, ..., collate's tk_index lets 3 of every 4 pairs reuse tokens
+        sagr_chain_fused  as sagr_chain, with framework.action_model.target_pass fused: the
+                     remaining t+k frames (1 in 4) ride in the image_t VLM call instead of a call of their own
         sagr_chain_fused_compiled  as sagr_chain_fused, with the anchor, world predictor and drift
                      under torch.compile (`--compile`: `dynamic` is framework.action_model.compile_world,
                      `auto` torch's default shape handling, `graphs` its mode="reduce-overhead", CUDA
@@ -45,22 +45,22 @@ import sagrflow.model.backbone as backbone_module
 from model_step import CAMS, SIDE, S, alternate, build, fake_batch, train_step
 from sagrflow.model.qwen_vision import PATCHED, llm_positions
 
-# mode -> (fm_only, chain_length, framework.action_model.target_pass, compile_world)
-TRAIN_MODES = {"fm_only": (True, 1, "separate", False), "sagr_naive": (False, 1, "separate", False),
-               "sagr_chain": (False, 4, "separate", False), "sagr_chain_fused": (False, 4, "fused", False),
-               "sagr_chain_fused_compiled": (False, 4, "fused", True)}
+# mode -> (fm_only, chained (chain_length from --chain-length) or not, framework.action_model.target_pass, compile_world)
+TRAIN_MODES = {"fm_only": (True, False, "separate", False), "sagr_naive": (False, False, "separate", False),
+               "sagr_chain": (False, True, "separate", False), "sagr_chain_fused": (False, True, "fused", False),
+               "sagr_chain_fused_compiled": (False, True, "fused", True)}
 # --compile -> torch.compile options of the world modules (SAGRPolicy.compile_world)
 COMPILE = {"dynamic": {"dynamic": True}, "auto": {"dynamic": None},
            "graphs": {"dynamic": None, "mode": "reduce-overhead"}}
 
 
 def train_times(policies: dict[bool, object], batch_size: int, iters: int, device: str,
-                dtype, hf: bool = True, profile: bool = False) -> dict[str, dict[str, float]]:
+                dtype, hf: bool = True, profile: bool = False, chain_length: int = 4) -> dict[str, dict[str, float]]:
     """Median seconds per optimizer step of each mode, and the peak memory of one step on CUDA.
     `policies`: compiled world modules or not -> a policy (the same weights)."""
     optimizers = {c: torch.optim.AdamW(p.parameters(), lr=1e-5) for c, p in policies.items()}
     modes = {m: spec for m, spec in TRAIN_MODES.items() if spec[3] in policies}  # no compiled policy: no such mode
-    batches = {m: fake_batch(batch_size, device, chain) for m, (_, chain, _, _) in modes.items()}
+    batches = {m: fake_batch(batch_size, device, chain_length if chained else 1) for m, (_, chained, _, _) in modes.items()}
 
     def step(mode: str, batch=None) -> None:
         fm, _, target_pass, compiled = TRAIN_MODES[mode]
@@ -192,12 +192,15 @@ def main() -> None:
     parser.add_argument("--compile", default="dynamic", choices=[*sorted(COMPILE), "none"],
                         help="torch.compile options of the compiled mode (default dynamic: compile_world's; "
                              "none: no compiled mode, one policy in memory)")
+    parser.add_argument("--chain-length", type=int, default=4, help="chain_length of the sagr_chain modes (default 4)")
     parser.add_argument("--train-only", action="store_true", help="(a) only, without fm_only_hf_vision")
     parser.add_argument("--profile", action="store_true", help="profile the fused and the compiled mode (CUDA)")
     parser.add_argument("--out", type=Path, default=Path(os.environ["OUT"]) if os.environ.get("OUT") else None)
     args = parser.parse_args()
     if args.small and args.config != "mid":
         parser.error(f"--small runs the tiny config; drop it or --config {args.config}")
+    if args.chain_length < 2:
+        parser.error(f"--chain-length {args.chain_length}: a chain has at least 2 samples (1 is sagr_naive)")
     if args.device.startswith("cuda") and not torch.cuda.is_available():
         raise SystemExit("no CUDA device here: run with --device cpu --small for the CPU rehearsal")
     if args.threads:
@@ -217,14 +220,15 @@ def main() -> None:
         policies[True] = build(name, root, args.device)
         policies[True].compile_world(**COMPILE[args.compile])
     train = train_times(policies, batch_size, iters, args.device, dtype,
-                        hf=not args.train_only, profile=args.profile and args.device.startswith("cuda"))
+                        hf=not args.train_only, profile=args.profile and args.device.startswith("cuda"),
+                        chain_length=args.chain_length)
     predict = None if args.train_only else predict_times(policy, iters, args.device, dtype)
     device = torch.cuda.get_device_name(args.device) if args.device.startswith("cuda") else "cpu"
     result = {"device": device, "torch": torch.__version__, "config": name, "batch_size": batch_size, "iters": iters,
-              "autocast": args.dtype, "compile": args.compile, "params_m": sum(p.numel() for p in policy.parameters()) / 1e6,
+              "autocast": args.dtype, "compile": args.compile, "chain_length": args.chain_length, "params_m": sum(p.numel() for p in policy.parameters()) / 1e6,
               "train": train, "predict_action": predict, "build_s": built, "total_s": time.perf_counter() - start}
     print(f"{device}, torch {torch.__version__}, {name} config ({result['params_m']:.1f}M params), batch {batch_size}, "
-          f"autocast {args.dtype}, medians of {iters} interleaved runs, built in {built:.0f}s")
+          f"autocast {args.dtype}, chain_length {args.chain_length}, medians of {iters} interleaved runs, built in {built:.0f}s")
     print(f"(a) optimizer step              {'ms':>8} {'x fm_only':>10} {'peak MiB':>9}")
     for mode, row in train.items():
         peak = f"{row['peak_mib']:9.0f}" if "peak_mib" in row else f"{'-':>9}"
@@ -241,7 +245,8 @@ def main() -> None:
     if predict is not None:
         print_predict(predict)
     print(f"total {result['total_s']:.0f}s")
-    write_result(args.out, f"gpu_check_{name}_b{batch_size}_{args.compile}.json", result)
+    chain = "" if args.chain_length == 4 else f"_chain{args.chain_length}"
+    write_result(args.out, f"gpu_check_{name}_b{batch_size}_{args.compile}{chain}.json", result)
 
 
 def write_result(out: Path | None, filename: str, result: dict) -> None:
