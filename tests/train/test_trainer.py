@@ -43,6 +43,11 @@ def test_short_run_logs_every_metric_and_checkpoints(make_config):
     # the t+k pass runs exactly when some sample of the batch has a valid target
     assert all((r["perf/vlm_tk_time_s"] > 0) == (r["debug/temporal/task_tokens_next_available"] > 0) for r in rows)
     assert 0 < rows[0]["debug/temporal/valid_tk_ratio"] <= 1
+    for r in rows:  # the world model against "nothing changes": a ratio only where a pair was valid
+        change = r["debug/world/token_change"]
+        assert (change > 0) == (r["debug/temporal/valid_tk_ratio"] > 0)
+        assert r.get(m.WORLD_SKILL) == (pytest.approx(r["loss/dyn"] / change) if change > 0 else None)
+    assert any(m.WORLD_SKILL in r for r in rows)
     # run directory: resolved config, first-step report, checkpoints at step 2 and the end
     assert load_config(cfg.run_dir / "config.yaml") == cfg
     assert (cfg.run_dir / "first_step_report.json").is_file()

@@ -28,7 +28,12 @@ PERF = ("perf/samples_per_s", "perf/step_time_s", "perf/data_time_s", "perf/vlm_
         "perf/target_pass_ratio", "perf/target_reuse_ratio", "perf/target_cache_ratio")  # where t+k targets came from
 STABILITY = ("stability/skipped_steps", "stability/step_skipped")
 MAGNITUDES = ("debug/absmax/task_tokens", "debug/absmax/pred_velocity", "debug/absmax/drift")
-ALL = TEMPORAL + SCHEDULE + LOSS_DEBUG + LOSSES + OPTIM + PERF + STABILITY + MAGNITUDES
+# the world model against "nothing changes": token_change is the loss_dyn of pred_next = task_tokens;
+# WORLD_SKILL, loss/dyn over it (at or above 1 the world predictor has learned nothing of the dynamics),
+# is logged only where it is defined: token_change > 0
+WORLD = ("debug/world/token_change",)
+WORLD_SKILL = "debug/world/dyn_over_change"
+ALL = TEMPORAL + SCHEDULE + LOSS_DEBUG + LOSSES + OPTIM + PERF + STABILITY + MAGNITUDES + WORLD
 
 
 class _Jsonl:

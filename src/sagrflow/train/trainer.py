@@ -37,7 +37,9 @@ _DIAGNOSTICS = {"has_image_tk": "debug/temporal/has_image_tk",
                 "task_tokens_next_available": "debug/temporal/task_tokens_next_available",
                 # where the t+k targets came from (shares of the samples): VLM pass, reuse, frozen-VLM cache
                 "target_pass_ratio": "perf/target_pass_ratio", "target_reuse_ratio": "perf/target_reuse_ratio",
-                "target_cache_ratio": "perf/target_cache_ratio"}
+                "target_cache_ratio": "perf/target_cache_ratio",
+                # the world model against "nothing changes": see _world_skill
+                "token_change": "debug/world/token_change"}
 _ABSMAX = ("task_tokens", "pred_velocity", "drift")
 
 
@@ -201,6 +203,7 @@ class Trainer:
         out = dict(zip(names, vec.tolist(), strict=True))
         out.update(zip((f"debug/absmax/{k}" for k in _ABSMAX), peaks.tolist(), strict=True))
         out["optim/grad_norm"] = norm
+        out.update(_world_skill(out))
         return out
 
     def _schedule_metrics(self, w, valid_ratio: torch.Tensor, skipped: bool) -> dict[str, float]:
@@ -350,3 +353,11 @@ def _target_cache(policy: SAGRPolicy, t) -> TargetCache | None:
 
 def _finite(x: float) -> bool:
     return x == x and x not in (float("inf"), float("-inf"))
+
+
+def _world_skill(values: dict[str, float]) -> dict[str, float]:
+    """loss/dyn over debug/world/token_change, the loss_dyn of predicting no change: below 1, the world
+    predictor beats that; at or above 1 it has learned nothing of the dynamics. Absent when no pair
+    was valid or the tokens did not move at all (fm-only, an all-invalid step)."""
+    change = values.get("debug/world/token_change", 0.0)
+    return {m.WORLD_SKILL: values["loss/dyn"] / change} if change > 0 else {}
