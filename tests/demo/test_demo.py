@@ -23,15 +23,21 @@ def test_quick_demo_and_fm_only_ablation_end_to_end(tmp_path, capsys):
     assert (sagr / "eval" / "report.json").is_file()
     metrics = [json.loads(line) for line in (sagr / "train" / "metrics.jsonl").read_text().splitlines()]
     assert metrics[-1]["step"] == 2 and "loss/dyn" in metrics[0]
+    world = summary["world"]  # averaged over the logged steps with a valid pair
+    rows = [m for m in metrics if m["debug/world/token_change"] > 0]
+    assert world["steps"] == [rows[0]["step"], rows[-1]["step"]]
+    assert world["token_change"] == pytest.approx(sum(m["debug/world/token_change"] for m in rows) / len(rows))
+    assert world["dyn_over_change"] == pytest.approx(world["loss_dyn"] / world["token_change"])
     report = (sagr / "report.md").read_text()
     assert "| **sagr** (this run) |" in report and "sagrflow demo --ablate fm_only" in report
+    assert f"(ratio {world['dyn_over_change']:.3g})" in report
 
     data_before = sorted(p.name for p in cache.rglob("*"))
     assert main(["demo", "--quick", "--ablate", "fm_only", "--suite", "goal", "--out", str(fm),
                  "--data-dir", str(cache)]) == 0
     assert sorted(p.name for p in cache.rglob("*")) == data_before  # the demonstrations were cached
     ablation = json.loads((fm / "summary.json").read_text())
-    assert ablation["variant"] == "fm_only"
+    assert ablation["variant"] == "fm_only" and ablation["world"] is None
     fm_metrics = [json.loads(line) for line in (fm / "train" / "metrics.jsonl").read_text().splitlines()]
     assert all(m["loss/dyn"] == 0.0 and m["debug/temporal/task_tokens_next_available"] == 0.0 for m in fm_metrics)
     assert ablation["compare"]["sagr"]["episodes"] == 4  # picked up the SA-GR run next to it

@@ -180,17 +180,29 @@ def run_demo(cfg: DemoConfig, run_dir: str | Path, log=print) -> dict:
 
     title = f"{cfg.variant} on sim_{cfg.suite}, {cfg.train_steps} steps"
     phase_a = cfg.train_steps if cfg.ablate else cfg.phase_a  # an ablation is phase A (fm only) throughout
-    plot = plot_losses(read_metrics(run_dir / "train" / "metrics.jsonl"), run_dir / "loss_curves.png",
-                       phase_a, cfg.ramp, title)
+    metrics = read_metrics(run_dir / "train" / "metrics.jsonl")
+    plot = plot_losses(metrics, run_dir / "loss_curves.png", phase_a, cfg.ramp, title)
     timings["total_s"] = time.perf_counter() - start
     results = {k: v["overall"] for k, v in evals.items()}
     other = "sagr" if cfg.ablate else "fm_only"
     summary = {"config": asdict(cfg), "variant": cfg.variant, "policy": str(policy_dir), "results": results,
                "compare": {other: sibling_result(run_dir, other)}, "timings": {k: round(v, 1) for k, v in timings.items()},
-               "loss_curves": plot.name, "videos": [str(Path(v).relative_to(run_dir)) for v in evals[cfg.variant]["videos"]]}
+               "world": world_summary(metrics), "loss_curves": plot.name, "videos": [str(Path(v).relative_to(run_dir)) for v in evals[cfg.variant]["videos"]]}
     (run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
     (run_dir / "report.md").write_text(to_markdown(summary, evals[cfg.variant]))
     return summary
+
+
+def world_summary(metrics: list[dict], last: int = 20) -> dict | None:
+    """The world model at the end of training: loss/dyn and debug/world/token_change averaged over the
+    last `last` logged steps with a valid pair, and their ratio (>= 1: no better than predicting that
+    the task tokens do not change). None for a run without world terms (fm-only)."""
+    rows = [r for r in metrics if r.get("debug/world/token_change", 0.0) > 0][-last:]
+    if not rows:
+        return None
+    dyn, change = (sum(r[k] for r in rows) / len(rows) for k in ("loss/dyn", "debug/world/token_change"))
+    return {"steps": [rows[0]["step"], rows[-1]["step"]], "loss_dyn": dyn, "token_change": change,
+            "dyn_over_change": dyn / change}
 
 
 def _row(name: str, r: dict) -> str:
@@ -211,6 +223,12 @@ def to_markdown(summary: dict, evaluation: dict) -> str:
                      f"| {name} | not run: `sagrflow demo{'' if name == 'sagr' else ' --ablate ' + name}` | | |")
     for name in ("random", "zero"):
         lines.append(_row(name, summary["results"][name]))
+    world = summary["world"]
+    if world is not None:
+        verdict = "beats" if world["dyn_over_change"] < 1 else "is no better than"
+        lines += ["", f"World model, steps {world['steps'][0]}-{world['steps'][1]}: loss/dyn {world['loss_dyn']:.3g} "
+                  f"against {world['token_change']:.3g} for predicting that the task tokens do not change "
+                  f"(ratio {world['dyn_over_change']:.3g}): the world predictor {verdict} that."]
     lines += ["", f"![loss curves]({summary['loss_curves']})", "", "Per task (this run):", "",
               "| task | success | n | 95% CI |", "|---|---:|---:|---|"]
     for task, r in evaluation["per_task"].items():
