@@ -1,0 +1,102 @@
+"""Does a trained policy's world model see time? Temporal change of its features and task tokens.
+
+For each policy, on the same (t, t+k) pairs of the demo's demonstrations (`sagrflow demo` caches
+them), without gradients:
+  vlm change/spread    the mean squared t -> t+k change of the VLM's last layer pooled over the visual
+                       tokens, over its variance across the samples: how much the scene moves in k steps
+  token change/spread  the same for the task tokens (the anchor's output, what the world model predicts)
+  token change         debug/world/token_change: the loss_dyn of predicting that the tokens do not change
+  world error          loss_dyn: the world predictor's pred_next against the t+k tokens (teacher actions)
+  error/change         world error over token change per pair (median): >= 1, no better than "no change"
+A token change/spread far below the VLM's says the task tokens became time-invariant: the world
+losses are then met without modelling the dynamics. `--init` adds a fresh policy of a run's config.
+
+    python benchmarks/world_probe.py runs/demo/<time>_sagr/train runs/demo/<time>_fm_only/train \\
+        --init runs/demo/<time>_sagr/train/config.yaml
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+from pathlib import Path
+
+import torch
+
+from sagrflow.data.config import VlaDataConfig
+from sagrflow.data.loader import TemporalLoader, build_dataset
+from sagrflow.eval.policies import resolve_checkpoint
+from sagrflow.model.config import FrameworkConfig
+from sagrflow.model.policy import SAGRPolicy
+from sagrflow.train.config import read_yaml
+
+COLUMNS = ("vlm change/spread", "token change/spread", "token change", "world error", "error/change")
+
+
+def _pooled_visual(enc) -> torch.Tensor:
+    """(B, D): the last VLM layer averaged over each sample's visual tokens."""
+    keep = enc.vlm.visual_mask.unsqueeze(-1).to(enc.vlm.last_hidden_state.dtype)
+    return (enc.vlm.last_hidden_state * keep).sum(1) / keep.sum(1).clamp_min(1.0)
+
+
+def _normalized(norm, x: torch.Tensor) -> torch.Tensor:
+    return x.float() if norm is None else norm.normalize(x.double()).float()
+
+
+@torch.no_grad()
+def probe(policy: SAGRPolicy, batches: list) -> dict[str, float]:
+    policy.eval()
+    sums: dict[str, list[float]] = {k: [] for k in ("vlm_change", "vlm_spread", "change", "spread", "error")}
+    ratios: list[float] = []
+    for b in batches:
+        valid = b.valid_tk > 0
+        lang = list(b.lang)
+        now, later = policy.encode(b.image_t, lang), policy.encode(b.image_tk, lang)
+        tokens, target = now.task_tokens, later.task_tokens  # (B, K, W)
+        state = _normalized(policy.state_normalizer, b.state_t) if policy.config.action_model.state_dim else None
+        pred = policy.head.predict_next(tokens, _normalized(policy.action_normalizer, b.action), state, None)
+        f_now, f_later = _pooled_visual(now), _pooled_visual(later)
+        sums["vlm_change"].append(float((f_later - f_now)[valid].pow(2).mean()))
+        sums["vlm_spread"].append(float(f_now.var(0).mean()))
+        change = (target - tokens)[valid].pow(2).mean(dim=(1, 2))  # (n_valid,)
+        error = (pred - target)[valid].pow(2).mean(dim=(1, 2))
+        sums["change"].append(float(change.mean()))
+        sums["spread"].append(float(tokens.var(0).mean()))
+        sums["error"].append(float(error.mean()))
+        ratios += (error / change.clamp_min(1e-12)).tolist()
+    m = {k: statistics.fmean(v) for k, v in sums.items()}
+    return dict(zip(COLUMNS, (m["vlm_change"] / m["vlm_spread"], m["change"] / m["spread"], m["change"], m["error"],
+                              statistics.median(ratios)), strict=True))
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("policies", nargs="*", help="policy directories, trainer checkpoints (step_*) or run directories")
+    ap.add_argument("--init", action="append", default=[], help="a run's config.yaml: a fresh policy of its config")
+    ap.add_argument("--data-dir", default=str(Path.home() / ".cache/sagrflow/demo_data/sim_128px_2000ep_seed0"))
+    ap.add_argument("--data-mix", default="sim_goal")
+    ap.add_argument("--batches", type=int, default=4)
+    ap.add_argument("--batch-size", type=int, default=32)
+    args = ap.parse_args()
+    if not args.policies and not args.init:
+        ap.error("name at least one policy or --init config")
+    policies = {str(p): SAGRPolicy.load(resolve_checkpoint(p)) for p in args.policies}
+    for path in args.init:
+        torch.manual_seed(0)
+        policies[f"init: {path}"] = SAGRPolicy.from_config(FrameworkConfig.from_dict(read_yaml(path)["framework"]))
+    sizes = {tuple(p.config.backbone.image_size) for p in policies.values()}
+    if len(sizes) > 1:
+        raise SystemExit(f"the policies read images of different sizes {sorted(sizes)}: probe them one size at a time")
+    cfg = VlaDataConfig(data_root_dir=args.data_dir, data_mix=args.data_mix, per_device_batch_size=args.batch_size,
+                        num_workers=1, image_size=list(sizes.pop()), include_state=True, seed=1)
+    loader = iter(TemporalLoader(build_dataset(cfg), cfg))
+    batches = [next(loader) for _ in range(args.batches)]
+    print(f"{args.batches} batches of {args.batch_size} (t, t+k) pairs from {args.data_dir} ({args.data_mix})")
+    print(" | ".join(COLUMNS) + " | policy")
+    for name, policy in policies.items():
+        row = probe(policy, batches)
+        print(" | ".join(f"{row[c]:.3g}".rjust(len(c)) for c in COLUMNS) + f" | {name}", flush=True)
+
+
+if __name__ == "__main__":
+    main()
