@@ -180,3 +180,21 @@ def test_backbone_memos_copy_and_pickle(tiny_dirs):
     assert len(memo) == 2 and memo.get_or("c", lambda: "new") == "cc"  # the oldest went, the latest stays
     again = pickle.loads(pickle.dumps(memo))
     assert len(again) == 0 and again.size == 2
+
+
+@pytest.mark.parametrize("arch", ["qwen2_5_vl", "qwen3_vl"])
+def test_tower_inputs_stay_on_the_device_between_calls(tiny_dirs, arch):
+    """A remembered set of grids hands back the same device tensors (no copy per step), and their
+    piece lengths are known without reading the device; another device gets its own."""
+    from sagrflow.model.qwen_vision import _Lengths, host_position_inputs
+
+    backbone = VLMBackbone.from_pretrained(tiny_dirs[arch])
+    images = torch.randint(0, 256, (2, 2, 3, 56, 56), generator=torch.Generator().manual_seed(5), dtype=torch.uint8)
+    inputs = backbone.prepare_inputs(images, ["open it", "close it"])
+    meta = torch.device("meta")  # a device whose tensors cannot be read back: each copy is a new object
+    first, second = (host_position_inputs(backbone.vlm, inputs, meta) for _ in range(2))
+    tower = [k for k in first if k.startswith("image_")]
+    assert tower and all(first[k].is_meta and first[k] is second[k] for k in tower)
+    assert sum(_Lengths.of(first["image_cu_seqlens"])) == first["image_position_ids"].shape[0]  # no read-back
+    on_cpu = host_position_inputs(backbone.vlm, inputs, torch.device("cpu"))
+    assert all(not on_cpu[k].is_meta for k in tower)

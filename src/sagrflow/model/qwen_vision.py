@@ -13,7 +13,7 @@ the host sets the step time. Here:
     (the same functions, so the same tensors) and hands the results to the model as its
     `position_ids` and precomputed `image_*` keyword arguments. It runs that code once per
     distinct input: the tower's positions per set of image grids (a fixed camera setup has one
-    per row count), the LLM's per row layout (token types and grids; a dataset has a few prompt
+    per row count; kept on the device, so they are not copied again), the LLM's per row layout (token types and grids; a dataset has a few prompt
     lengths), remembered per model, so most steps build nothing (benchmarks/host_inputs.py);
   - `batch_segments` gives each vision attention module a forward that sends all pieces
     through one `scaled_dot_product_attention`: a view when they share one length (a fixed
@@ -82,15 +82,23 @@ def host_position_inputs(model: nn.Module, inputs: dict[str, torch.Tensor],
     position interpolation)."""
     grid_thw = inputs["image_grid_thw"]
     grids = tuple(map(tuple, grid_thw.tolist()))
-    # keyed by the batch's grids, so each row count takes an entry (SA-GR's fused rows and target
-    # passes vary it): room for 64, about 1 MB each at 256 images of 224 px
-    out = _memo(model, "tower", 64).get_or(grids, lambda: _tower_positions(model.visual, grid_thw))
-    moved = {k: v.to(device, non_blocking=True) for k, v in out.items()}
-    for key in ("cu_seqlens", "cu_window_seqlens"):
-        if key in out:
-            _Lengths.remember(moved[key], tuple(out[key].diff().tolist()))
+    # kept on `device`, so a remembered set costs no copy; keyed by the batch's grids, so each row count
+    # takes an entry (SA-GR's fused rows and target passes vary it): room for 64, about 1 MB each at
+    # 256 images of 224 px
+    moved, lengths = _memo(model, "tower", 64).get_or(
+        (grids, str(device)), lambda: _tower_on(model.visual, grid_thw, device))
+    for key, pieces in lengths.items():
+        _Lengths.remember(moved[key], pieces)
     return {"position_ids": llm_positions(model, inputs).to(device, non_blocking=True),
             **{f"image_{k}": v for k, v in moved.items()}}
+
+
+def _tower_on(visual: nn.Module, grid_thw: torch.Tensor, device: torch.device
+              ) -> tuple[dict[str, torch.Tensor], dict[str, tuple[int, ...]]]:
+    """(N, 3) image grids -> the tower's inputs on `device`, and the host piece lengths of its boundaries."""
+    out = _tower_positions(visual, grid_thw)
+    lengths = {k: tuple(out[k].diff().tolist()) for k in ("cu_seqlens", "cu_window_seqlens") if k in out}
+    return {k: v.to(device, non_blocking=True) for k, v in out.items()}, lengths
 
 
 def _tower_positions(visual: nn.Module, grid_thw: torch.Tensor) -> dict[str, torch.Tensor]:
