@@ -79,6 +79,6 @@ def test_frozen_vlm_target_cache_under_ddp_hits_and_learns_the_same(make_config,
     # losses, not weights: Adam turns the ~0 gradient of attention key biases into +-lr steps of noise
     runs = {name: read_metrics(Path(single.cfg.trainer.output_dir) / name / "metrics.jsonl")
             for name in ("ddp_frozen", "single")}
-    for key in ("loss/fm", "loss/dyn", "loss/geo"):
+    for key in ("loss/fm", "loss/dyn", "loss/geo", "debug/world/token_change"):
         torch.testing.assert_close(torch.tensor([r[key] for r in runs["ddp_frozen"]]),
                                    torch.tensor([r[key] for r in runs["single"]]), rtol=1e-4, atol=1e-6, msg=key)

@@ -177,7 +177,8 @@ def test_gradient_accumulation_matches_the_large_batch(make_config, monkeypatch)
     assert valid[0] != valid[1] or valid[2] != valid[3], valid
     ts.fit()
     rb, rs = _rows(big), _rows(small)
-    for key in ("loss/total", "loss/fm", "loss/dyn", "loss/geo", "optim/grad_norm"):
+    for key in ("loss/total", "loss/fm", "loss/dyn", "loss/geo", "optim/grad_norm", "debug/world/token_change",
+                m.WORLD_SKILL):
         assert [r[key] for r in rs] == pytest.approx([r[key] for r in rb], rel=1e-5), key
     # the accumulated gradient is the large batch's; Adam's first update is about sign(grad) * lr,
     # so weights are compared to a fraction of lr (gradients that are 0 up to rounding may flip sign)

@@ -22,7 +22,6 @@ from sagrflow.model.backbone import BackboneOutput, VLMBackbone, select_layers
 from sagrflow.model.config import FrameworkConfig
 from sagrflow.model.cuda_graphs import GraphCache
 from sagrflow.model.geometry import build_geometry_encoder
-from sagrflow.model.losses import masked_mean
 from sagrflow.model.target_cache import Entry, TargetCache, pad_entries
 from sagrflow.model.targets import TargetPlan, target_plan
 
@@ -123,7 +122,8 @@ class SAGRPolicy(nn.Module):
     # --- training ------------------------------------------------------------------------
     def forward(self, batch, fm_only: bool = False) -> dict[str, torch.Tensor]:
         """A `Batch` -> per-sample (B,) loss_fm, loss_dyn, loss_geo, loss_reg (averaged over the R repeats),
-        valid_tk (B,), and scalar diagnostics. Reduce with `losses.reduce_losses`.
+        valid_tk (B,), token_change (B,) (a diagnostic, reduced as loss_dyn), and scalar diagnostics.
+        Reduce with `losses.reduce_losses`.
 
         `fm_only=True` is the plain flow-matching baseline (benchmarks, ablations): one VLM
         pass, no world predictor, no drift; the world terms are 0.
@@ -192,11 +192,11 @@ class SAGRPolicy(nn.Module):
                 "target_pass_ratio": passed,  # samples through the no-grad image_tk VLM pass
                 "target_reuse_ratio": reused,  # samples whose t+k tokens came from another sample's t
                 "target_cache_ratio": cached,  # samples whose t+k VLM output came from the target cache
-                # what "nothing changes" would score as loss_dyn: loss_dyn at or above it says the world
-                # predictor has learned nothing, and tokens that hardly move say the VLM made them time-invariant
-                "token_change": flag(0.0) if fm_only else masked_mean(
-                    (task_tokens_next_repeated - task_tokens_repeated.detach()).pow(2).mean(dim=(1, 2)),
-                    valid_tk_repeated),
+                # per sample (B,), like loss_dyn: what "nothing changes" (pred_next = task_tokens) would score
+                # as loss_dyn. loss_dyn at or above it: the world predictor has learned nothing; tokens that
+                # hardly move: the VLM and anchor made them time-invariant. Reduce as loss_dyn is reduced
+                "token_change": valid.new_zeros(b) if fm_only else
+                (task_tokens_next_repeated - task_tokens_repeated.detach()).pow(2).mean(dim=(1, 2)).view(b, r).mean(1),
                 "absmax/task_tokens": flag(0.0) if fm_only else enc.task_tokens.detach().abs().max(),
                 "absmax/pred_velocity": head_out["pred_velocity"].detach().abs().max(),
                 "absmax/drift": head_out["drift"].detach().abs().max(),

@@ -26,12 +26,16 @@ def loss_share(out: Mapping[str, torch.Tensor], weights: Mapping[str, float], n_
     n_samples, n_valid: scalar tensors, the step's totals over all micro-batches and ranks.
     """
     terms = {"fm": out["loss_fm"].float().sum() / n_samples}
-    keep = out["valid_tk"] > 0  # (B,)
     for name in WORLD_TERMS:
-        values = out[f"loss_{name}"].float()
-        # where, not multiplication: a masked-out inf must not become NaN (0 * inf)
-        picked = torch.where(keep, values, torch.zeros((), dtype=values.dtype, device=values.device))
-        terms[name] = picked.sum() / n_valid.clamp_min(1)
+        terms[name] = valid_share(out[f"loss_{name}"], out["valid_tk"], n_valid)
     terms = {k: v * scale for k, v in terms.items()}
     total = sum(float(weights[k]) * terms[k] for k in LOSS_TERMS)
     return total, terms
+
+
+def valid_share(values: torch.Tensor, valid: torch.Tensor, n_valid: torch.Tensor) -> torch.Tensor:
+    """(B,) per-sample values of one micro-batch, (B,) valid_tk -> their sum over the valid samples
+    divided by the step's global count of valid samples (scalar; 0 when there is none)."""
+    # where, not multiplication: a masked-out inf must not become NaN (0 * inf)
+    picked = torch.where(valid > 0, values.float(), torch.zeros((), dtype=torch.float32, device=values.device))
+    return picked.sum() / n_valid.clamp_min(1)

@@ -27,7 +27,7 @@ from sagrflow.model.target_cache import TargetCache
 from sagrflow.train import checkpoint as ckpt
 from sagrflow.train import metrics as m
 from sagrflow.train.config import RunConfig, config_to_yaml, read_yaml, save_config
-from sagrflow.train.loss import loss_share
+from sagrflow.train.loss import loss_share, valid_share
 from sagrflow.train.optim import build_optimizer, build_scheduler, freeze
 from sagrflow.train.schedule import sagr_weights
 from sagrflow.train.stability import NonFiniteError, NonFiniteFinder, first_step_report, group_grad_norms
@@ -37,9 +37,7 @@ _DIAGNOSTICS = {"has_image_tk": "debug/temporal/has_image_tk",
                 "task_tokens_next_available": "debug/temporal/task_tokens_next_available",
                 # where the t+k targets came from (shares of the samples): VLM pass, reuse, frozen-VLM cache
                 "target_pass_ratio": "perf/target_pass_ratio", "target_reuse_ratio": "perf/target_reuse_ratio",
-                "target_cache_ratio": "perf/target_cache_ratio",
-                # the world model against "nothing changes": see _world_skill
-                "token_change": "debug/world/token_change"}
+                "target_cache_ratio": "perf/target_cache_ratio"}
 _ABSMAX = ("task_tokens", "pred_velocity", "drift")
 
 
@@ -152,9 +150,11 @@ class Trainer:
                 with self._anomaly_finder(batch):
                     out = self.model(batch, fm_only=t.fm_only)
                 total, terms = loss_share(out, w.as_dict(), n_samples, n_valid, scale=acc.num_processes)
+                # the world model against "nothing changes" (see _world_skill), reduced exactly as loss/dyn
+                change = valid_share(out["token_change"], out["valid_tk"], n_valid) * acc.num_processes
                 with self._backward_anomaly():
                     acc.backward(total * self.gas)  # accelerate divides by gas; the shares already sum to the step loss
-            self._accumulate(stats, total, terms, out, len(micro_batches))
+            self._accumulate(stats, total, terms, change, out, len(micro_batches))
         report_groups = group_grad_norms(self.optimizer) if not self._reported else None
         grad_norm = acc.clip_grad_norm_(self.model.parameters(), t.max_grad_norm or float("inf"))
         values = self._reduce(stats, grad_norm)  # the step's one host sync
@@ -179,8 +179,11 @@ class Trainer:
         counts = self.accelerator.reduce(counts, "sum") if self.accelerator.num_processes > 1 else counts
         return counts[0], counts[1]
 
-    def _accumulate(self, stats: dict, total: torch.Tensor, terms: dict, out: dict, n_micro: int) -> None:
-        rows = {"loss/total": total.detach(), **{f"loss/{k}": v.detach() for k, v in terms.items()}}
+    def _accumulate(self, stats: dict, total: torch.Tensor, terms: dict, token_change: torch.Tensor, out: dict,
+                    n_micro: int) -> None:
+        # loss terms and token_change are shares of the step's value (they add up); diagnostics are averaged
+        rows = {"loss/total": total.detach(), **{f"loss/{k}": v.detach() for k, v in terms.items()},
+                "debug/world/token_change": token_change.detach()}
         rows.update({name: out[key].detach().float() / n_micro for key, name in _DIAGNOSTICS.items()})
         for key, value in rows.items():
             stats[key] = stats.get(key, 0) + value
