@@ -62,3 +62,20 @@ def test_loss_plot_marks_phases(tmp_path):
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     with pytest.raises(ValueError, match="loss"):
         plot_losses([{"step": 0, "optim/lr": 1.0}], tmp_path / "none.png", 0, 0)
+
+
+def test_a_skipped_non_finite_step_does_not_break_the_report(tmp_path):
+    """A step skipped for a NaN loss is logged as such; the curves and the world summary leave it out."""
+    from sagrflow.demo import run
+    from sagrflow.train.metrics import MetricsLogger
+
+    logger = MetricsLogger(tmp_path, backend="none")
+    for step in range(4):
+        bad = step == 2
+        logger.log(step, {"loss/total": float("nan") if bad else 1.0, "loss/dyn": float("nan") if bad else 0.5,
+                          "debug/world/token_change": float("nan") if bad else 0.25})
+    logger.close()
+    metrics = run.read_metrics(tmp_path / "metrics.jsonl")  # the demo's own reading of the run's records
+    assert plot_losses(metrics, tmp_path / "loss.png", phase_a=1, ramp=1).is_file()
+    world = run.world_summary(metrics)
+    assert world["steps"] == [0, 3] and world["dyn_over_change"] == pytest.approx(2.0)

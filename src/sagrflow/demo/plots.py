@@ -2,15 +2,11 @@
 
 from __future__ import annotations
 
-import json
+import math
 from pathlib import Path
 
 CURVES = ("loss/total", "loss/fm", "loss/dyn", "loss/geo", "loss/reg")
 PHASES = (("A: fm only", "#e8f0fe"), ("B: world ramp", "#fef7e0"), ("C: full SA-GR", "#e6f4ea"))
-
-
-def read_metrics(path: str | Path) -> list[dict]:
-    return [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]
 
 
 def plot_losses(metrics: list[dict], out: str | Path, phase_a: int, ramp: int, title: str = "") -> Path:
@@ -27,7 +23,8 @@ def plot_losses(metrics: list[dict], out: str | Path, phase_a: int, ramp: int, t
     fig, axes = plt.subplots(1, len(curves), figsize=(3.2 * len(curves), 3.0), squeeze=False)
     bounds = ((0, phase_a), (phase_a, phase_a + ramp), (phase_a + ramp, max(last, phase_a + ramp)))
     for ax, key in zip(axes[0], curves, strict=True):
-        points = [(m["step"], m[key]) for m in metrics if key in m]
+        # a skipped non-finite step is logged as such: it is left out of the curve, not plotted
+        points = [(m["step"], m[key]) for m in metrics if key in m and math.isfinite(m[key])]
         for (lo, hi), (label, color) in zip(bounds, PHASES, strict=True):
             if hi > lo:
                 ax.axvspan(lo, hi, color=color, label=label, lw=0)

@@ -14,10 +14,13 @@ demo in the same parent folder picks its number up (and the other way round).
 from __future__ import annotations
 
 import json
+import math
 import shutil
 import time
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
+
+from sagrflow.train.metrics import read_metrics  # non-finite values back as floats
 
 ABLATIONS = ("fm_only",)
 
@@ -176,7 +179,7 @@ def run_demo(cfg: DemoConfig, run_dir: str | Path, log=print) -> dict:
     t = time.perf_counter()
     evals = evaluate_all(cfg, policy_dir, run_dir, log)
     timings["eval_s"] = time.perf_counter() - t
-    from sagrflow.demo.plots import plot_losses, read_metrics
+    from sagrflow.demo.plots import plot_losses
 
     title = f"{cfg.variant} on sim_{cfg.suite}, {cfg.train_steps} steps"
     phase_a = cfg.train_steps if cfg.ablate else cfg.phase_a  # an ablation is phase A (fm only) throughout
@@ -196,11 +199,13 @@ def run_demo(cfg: DemoConfig, run_dir: str | Path, log=print) -> dict:
 def world_summary(metrics: list[dict], last: int = 20) -> dict | None:
     """The world model at the end of training: loss/dyn and debug/world/token_change averaged over the
     last `last` logged steps with a valid pair, and their ratio (>= 1: no better than predicting that
-    the task tokens do not change). None for a run without world terms (fm-only)."""
-    rows = [r for r in metrics if r.get("debug/world/token_change", 0.0) > 0][-last:]
+    the task tokens do not change). None for a run without world terms (fm-only). Skipped
+    (non-finite) steps are left out."""
+    keys = ("loss/dyn", "debug/world/token_change")
+    rows = [r for r in metrics if r.get(keys[1], 0.0) > 0 and all(math.isfinite(r[k]) for k in keys)][-last:]
     if not rows:
         return None
-    dyn, change = (sum(r[k] for r in rows) / len(rows) for k in ("loss/dyn", "debug/world/token_change"))
+    dyn, change = (sum(r[k] for r in rows) / len(rows) for k in keys)
     return {"steps": [rows[0]["step"], rows[-1]["step"]], "loss_dyn": dyn, "token_change": change,
             "dyn_over_change": dyn / change}
 
