@@ -19,7 +19,7 @@ and 12 of its 36 LLM layers, DiT of width 1024), under bf16 autocast, medians of
       and the ratio of each to fm_only;
   (c) predict_action latency with 10 Euler steps against 1, and their ratio, with the Euler loop
       replayed as a CUDA graph (the default) and eager, and how far the two chunks differ.
-It prints a compact table and writes gpu_check_<config>_b<batch>_<compile>.json to $OUT (or --out) when set. `--profile` adds,
+It prints a compact table and writes gpu_check_<config>_b<batch>_<compile>[_chain<N>].json to $OUT (or --out) when set. `--profile` adds,
 for the fused and the compiled mode, kernel launches and GPU busy time per step and the top kernels.
 
     python3 benchmarks/gpu_check.py                       # CUDA, mid config, batch 16
@@ -207,6 +207,8 @@ def main() -> None:
         torch.set_num_threads(args.threads)
     name = "tiny" if args.small else args.config
     batch_size = args.batch_size or (4 if args.small else 16)
+    if batch_size % args.chain_length:  # as datasets.vla_data.chain_length must divide the batch
+        parser.error(f"--chain-length {args.chain_length} does not divide the batch of {batch_size}")
     iters = args.iters or (3 if args.small else 20)
     args.dtype = args.dtype or ("bf16" if args.device.startswith("cuda") else "fp32")
     dtype = torch.bfloat16 if args.dtype == "bf16" else None

@@ -43,24 +43,28 @@ def gradient_norms(policy, batch) -> tuple[dict[str, float], dict[str, dict[str,
     return values, norms
 
 
+def report(root: Path, widths: list[int], batch_size: int, chain_length: int) -> None:
+    print(f"tiny VLM, batch {batch_size}, chain {chain_length}, default loss weights, at initialization")
+    print(f"{'width':>5} {'term':>4} {'w*loss':>8} " + " ".join(f"{g:>8}" for g in GROUPS) + "  vlm / fm's")
+    for width in widths:
+        heads = max((h for h in (2, 4, 8, 16) if width % h == 0 and width // h >= 16), default=1)
+        policy = build("tiny", root / str(width), "cpu", dit_width=width, dit_heads=heads)
+        torch.manual_seed(1)  # the same flow times and noise at every width
+        values, norms = gradient_norms(policy, fake_batch(batch_size, "cpu", chain_length))
+        for term in TERMS:
+            ratio = norms[term]["vlm"] / norms["fm"]["vlm"]
+            cells = " ".join(f"{norms[term][g]:8.3g}" for g in GROUPS)
+            print(f"{width:5d} {term:>4} {values[term]:8.3g} {cells}  {ratio:9.3g}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--widths", default="64,256,1024", help="DiT widths (= task-token width)")
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--chain-length", type=int, default=4)
     args = parser.parse_args()
-    root = Path(tempfile.mkdtemp(prefix="sagrflow-loss-balance-"))
-    print(f"tiny VLM, batch {args.batch_size}, chain {args.chain_length}, default loss weights, at initialization")
-    print(f"{'width':>5} {'term':>4} {'w*loss':>8} " + " ".join(f"{g:>8}" for g in GROUPS) + "  vlm / fm's")
-    for width in (int(w) for w in args.widths.split(",")):
-        heads = max(h for h in (1, 2, 4, 8, 16) if width % h == 0 and width // h >= 16)
-        policy = build("tiny", root / str(width), "cpu", dit_width=width, dit_heads=heads)
-        torch.manual_seed(1)  # the same flow times and noise at every width
-        values, norms = gradient_norms(policy, fake_batch(args.batch_size, "cpu", args.chain_length))
-        for term in TERMS:
-            ratio = norms[term]["vlm"] / norms["fm"]["vlm"]
-            cells = " ".join(f"{norms[term][g]:8.3g}" for g in GROUPS)
-            print(f"{width:5d} {term:>4} {values[term]:8.3g} {cells}  {ratio:9.3g}")
+    with tempfile.TemporaryDirectory(prefix="sagrflow-loss-balance-") as root:
+        report(Path(root), [int(w) for w in args.widths.split(",")], args.batch_size, args.chain_length)
 
 
 if __name__ == "__main__":

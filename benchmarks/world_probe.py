@@ -39,10 +39,6 @@ def _pooled_visual(enc) -> torch.Tensor:
     return (enc.vlm.last_hidden_state * keep).sum(1) / keep.sum(1).clamp_min(1.0)
 
 
-def _normalized(norm, x: torch.Tensor) -> torch.Tensor:
-    return x.float() if norm is None else norm.normalize(x.double()).float()
-
-
 @torch.no_grad()
 def probe(policy: SAGRPolicy, batches: list) -> dict[str, float]:
     policy.eval()
@@ -53,8 +49,9 @@ def probe(policy: SAGRPolicy, batches: list) -> dict[str, float]:
         lang = list(b.lang)
         now, later = policy.encode(b.image_t, lang), policy.encode(b.image_tk, lang)
         tokens, target = now.task_tokens, later.task_tokens  # (B, K, W)
-        state = _normalized(policy.state_normalizer, b.state_t) if policy.config.action_model.state_dim else None
-        pred = policy.head.predict_next(tokens, _normalized(policy.action_normalizer, b.action), state, None)
+        # the loader's actions and states are normalized already, as training feeds them
+        state = b.state_t.float() if policy.config.action_model.state_dim else None
+        pred = policy.head.predict_next(tokens, b.action.float(), state, None)
         f_now, f_later = _pooled_visual(now), _pooled_visual(later)
         sums["vlm_change"].append(float((f_later - f_now)[valid].pow(2).mean()))
         sums["vlm_spread"].append(float(f_now.var(0).mean()))
@@ -64,6 +61,8 @@ def probe(policy: SAGRPolicy, batches: list) -> dict[str, float]:
         sums["spread"].append(float(tokens.var(0).mean()))
         sums["error"].append(float(error.mean()))
         ratios += (error / change.clamp_min(1e-12)).tolist()
+    if not ratios:
+        raise SystemExit("no batch held a valid (t, t+k) pair: probe more --batches")
     m = {k: statistics.fmean(v) for k, v in sums.items()}
     return dict(zip(COLUMNS, (m["vlm_change"] / m["vlm_spread"], m["change"] / m["spread"], m["change"], m["error"],
                               statistics.median(ratios)), strict=True))
@@ -84,6 +83,10 @@ def main() -> None:
     for path in args.init:
         torch.manual_seed(0)
         policies[f"init: {path}"] = SAGRPolicy.from_config(FrameworkConfig.from_dict(read_yaml(path)["framework"]))
+    for name, p in policies.items():  # what the probe feeds the world predictor: teacher actions, no geometry
+        am = p.config.action_model
+        if am.world_action_source != "teacher" or am.use_geometric_branch:
+            raise SystemExit(f"{name}: the probe covers world_action_source teacher without the geometric branch")
     sizes = {tuple(p.config.backbone.image_size) for p in policies.values()}
     if len(sizes) > 1:
         raise SystemExit(f"the policies read images of different sizes {sorted(sizes)}: probe them one size at a time")
