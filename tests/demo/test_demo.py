@@ -8,7 +8,7 @@ import pytest
 
 from sagrflow.cli import main
 from sagrflow.demo.plots import plot_losses
-from sagrflow.demo.run import DemoConfig
+from sagrflow.demo.run import DemoConfig, train_overrides
 
 
 def test_quick_demo_and_fm_only_ablation_end_to_end(tmp_path, capsys):
@@ -18,7 +18,7 @@ def test_quick_demo_and_fm_only_ablation_end_to_end(tmp_path, capsys):
     summary = json.loads((sagr / "summary.json").read_text())
     assert set(summary["results"]) == {"sagr", "random", "zero"}
     assert summary["results"]["sagr"]["episodes"] == 4  # one per goal task
-    assert summary["compare"] == {"fm_only": None}
+    assert summary["compare"] == {"fm_only": None, "no_drift": None}
     assert (sagr / "loss_curves.png").stat().st_size > 0 and (sagr / summary["videos"][0]).stat().st_size > 0
     assert (sagr / "eval" / "report.json").is_file()
     metrics = [json.loads(line) for line in (sagr / "train" / "metrics.jsonl").read_text().splitlines()]
@@ -30,6 +30,7 @@ def test_quick_demo_and_fm_only_ablation_end_to_end(tmp_path, capsys):
     assert world["dyn_over_change"] == pytest.approx(world["loss_dyn"] / world["token_change"])
     report = (sagr / "report.md").read_text()
     assert "| **sagr** (this run) |" in report and "sagrflow demo --ablate fm_only" in report
+    assert "sagrflow demo --ablate no_drift" in report
     assert f"(ratio {world['dyn_over_change']:.3g})" in report
 
     data_before = sorted(p.name for p in cache.rglob("*"))
@@ -79,3 +80,18 @@ def test_a_skipped_non_finite_step_does_not_break_the_report(tmp_path):
     assert plot_losses(metrics, tmp_path / "loss.png", phase_a=1, ramp=1).is_file()
     world = run.world_summary(metrics)
     assert world["steps"] == [0, 3] and world["dyn_over_change"] == pytest.approx(2.0)
+
+
+def test_no_drift_ablation_is_sagr_with_drift_eta_0(tmp_path):
+    """--ablate no_drift trains exactly the SA-GR run (schedule, world losses) with the drift switched off;
+    fm_only drops the world model and its schedule."""
+    from sagrflow.train.config import load_config
+
+    sagr = train_overrides(DemoConfig(), tmp_path, tmp_path)
+    no_drift = train_overrides(DemoConfig(ablate="no_drift"), tmp_path, tmp_path)
+    assert no_drift.pop("framework.action_model.drift_eta") == 0.0 and no_drift == sagr
+    assert sagr["trainer.sagr_phase_a_steps"] > 0 and not sagr["trainer.fm_only"]
+    fm = train_overrides(DemoConfig(ablate="fm_only"), tmp_path, tmp_path)
+    assert fm["trainer.fm_only"] and fm["trainer.sagr_phase_a_steps"] == 0
+    run = load_config(None, train_overrides(DemoConfig(ablate="no_drift"), tmp_path, tmp_path))
+    assert run.framework.action_model.drift_eta == 0.0

@@ -4,17 +4,20 @@ from __future__ import annotations
 
 import argparse
 
+from sagrflow.demo.run import ABLATIONS
+
 
 def register(sub: argparse._SubParsersAction) -> None:
     demo = sub.add_parser("demo", help="one run: sim demonstrations -> SA-GR training -> closed-loop eval -> report")
-    demo.add_argument("--ablate", choices=("fm_only",), default=None,
-                      help="train the plain flow-matching baseline instead (its number joins the SA-GR report)")
+    demo.add_argument("--ablate", choices=ABLATIONS, default=None,
+                      help="fm_only: the plain flow-matching baseline; no_drift: SA-GR with drift_eta 0 "
+                           "(each number joins the other variants' reports)")
     demo.add_argument("--suite", default=None, help="sim family or all (default: goal)")
     demo.add_argument("--train-steps", type=int, default=None, help="optimizer steps (default: 2000)")
     demo.add_argument("--demo-episodes", type=int, default=None, help="expert episodes per family (default: 2000)")
     demo.add_argument("--batch-size", type=int, default=None, help="training batch (default: 16)")
     demo.add_argument("--eval-episodes", type=int, default=None, help="evaluation episodes per task (default: 25)")
-    demo.add_argument("--out", default=None, help="run directory (default: runs/demo/<time>_<sagr|fm_only>)")
+    demo.add_argument("--out", default=None, help="run directory (default: runs/demo/<time>_<sagr|fm_only|no_drift>)")
     demo.add_argument("--data-dir", default=None, help="demonstration cache (default: ~/.cache/sagrflow/demo_data)")
     demo.add_argument("--quick", action="store_true", help="a few steps and episodes: checks every stage (CI)")
     demo.set_defaults(func=_demo)

@@ -5,10 +5,11 @@
       videos/*.mp4           rollouts of the trained policy
       loss_curves.png        loss terms with the SA-GR phases A / B / C shaded
       eval.json, eval.md     per-task success of the trained policy (Wilson 95% CIs)
-      summary.json, report.md   trained vs fm-only (latest sibling ablation run) vs random vs zero
+      summary.json, report.md   trained vs the other variants (latest sibling runs) vs random vs zero
 
-`--ablate fm_only` trains the plain flow-matching baseline the same way; a later SA-GR
-demo in the same parent folder picks its number up (and the other way round).
+`--ablate fm_only` trains the plain flow-matching baseline the same way, `--ablate no_drift`
+SA-GR without the drift head's correction (drift_eta 0: world losses and schedule as SA-GR's);
+a demo in the same parent folder picks up the latest number of each other variant.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from pathlib import Path
 
 from sagrflow.train.metrics import read_metrics  # non-finite values back as floats
 
-ABLATIONS = ("fm_only",)
+ABLATIONS = ("fm_only", "no_drift")
 
 
 @dataclass(frozen=True)
@@ -47,7 +48,7 @@ class DemoConfig:
     execute_steps: int = 4  # actions executed per chunk of 8
     eval_max_steps: int | None = None  # None: each task's own limit
     videos: int = 4
-    ablate: str | None = None  # "fm_only": the plain flow-matching baseline
+    ablate: str | None = None  # "fm_only": the plain flow-matching baseline; "no_drift": SA-GR with drift_eta 0
     seed: int = 0
     data_dir: str = str(Path.home() / ".cache" / "sagrflow" / "demo_data")
 
@@ -64,11 +65,11 @@ class DemoConfig:
 
     @property
     def phase_a(self) -> int:
-        return 0 if self.ablate else int(self.train_steps * self.phase_a_frac)
+        return 0 if self.ablate == "fm_only" else int(self.train_steps * self.phase_a_frac)
 
     @property
     def ramp(self) -> int:
-        return 0 if self.ablate else int(self.train_steps * self.ramp_frac)
+        return 0 if self.ablate == "fm_only" else int(self.train_steps * self.ramp_frac)
 
 
 QUICK = dict(demo_episodes=4, train_steps=3, batch_size=4, num_workers=0, eval_episodes=1, eval_max_steps=12,
@@ -100,6 +101,18 @@ def train(cfg: DemoConfig, data_root: Path, run_dir: Path) -> Path:
     from sagrflow.train.config import load_config
     from sagrflow.train.trainer import Trainer
 
+    run = load_config(None, train_overrides(cfg, data_root, run_dir))
+    state = Trainer(run).fit()
+    if state.step < cfg.train_steps:  # SIGTERM / Ctrl-C: the trainer saved and returned early
+        raise KeyboardInterrupt(f"training stopped at step {state.step} of {cfg.train_steps}")
+    checkpoint = latest_checkpoint(run.run_dir)
+    if checkpoint is None:
+        raise RuntimeError(f"training finished without a checkpoint in {run.run_dir}")
+    return checkpoint / "policy"
+
+
+def train_overrides(cfg: DemoConfig, data_root: Path, run_dir: Path) -> dict:
+    """The trainer settings of a demo run (dotted keys over the tiny default)."""
     overrides = {
         "datasets.vla_data.data_root_dir": str(data_root),
         "datasets.vla_data.data_mix": f"sim_{cfg.suite}",
@@ -122,14 +135,9 @@ def train(cfg: DemoConfig, data_root: Path, run_dir: Path) -> Path:
         "trainer.resume": "never",
         "trainer.seed": cfg.seed,
     }
-    run = load_config(None, overrides)
-    state = Trainer(run).fit()
-    if state.step < cfg.train_steps:  # SIGTERM / Ctrl-C: the trainer saved and returned early
-        raise KeyboardInterrupt(f"training stopped at step {state.step} of {cfg.train_steps}")
-    checkpoint = latest_checkpoint(run.run_dir)
-    if checkpoint is None:
-        raise RuntimeError(f"training finished without a checkpoint in {run.run_dir}")
-    return checkpoint / "policy"
+    if cfg.ablate == "no_drift":  # the world model trains as in SA-GR; the flow head gets no correction
+        overrides["framework.action_model.drift_eta"] = 0.0
+    return overrides
 
 
 def evaluate_all(cfg: DemoConfig, policy_dir: Path, run_dir: Path, log=print) -> dict:
@@ -182,14 +190,14 @@ def run_demo(cfg: DemoConfig, run_dir: str | Path, log=print) -> dict:
     from sagrflow.demo.plots import plot_losses
 
     title = f"{cfg.variant} on sim_{cfg.suite}, {cfg.train_steps} steps"
-    phase_a = cfg.train_steps if cfg.ablate else cfg.phase_a  # an ablation is phase A (fm only) throughout
+    phase_a = cfg.train_steps if cfg.ablate == "fm_only" else cfg.phase_a  # fm-only is phase A throughout
     metrics = read_metrics(run_dir / "train" / "metrics.jsonl")
     plot = plot_losses(metrics, run_dir / "loss_curves.png", phase_a, cfg.ramp, title)
     timings["total_s"] = time.perf_counter() - start
     results = {k: v["overall"] for k, v in evals.items()}
-    other = "sagr" if cfg.ablate else "fm_only"
+    others = [v for v in ("sagr", *ABLATIONS) if v != cfg.variant]
     summary = {"config": asdict(cfg), "variant": cfg.variant, "policy": str(policy_dir), "results": results,
-               "compare": {other: sibling_result(run_dir, other)}, "timings": {k: round(v, 1) for k, v in timings.items()},
+               "compare": {v: sibling_result(run_dir, v) for v in others}, "timings": {k: round(v, 1) for k, v in timings.items()},
                "world": world_summary(metrics), "loss_curves": plot.name, "videos": [str(Path(v).relative_to(run_dir)) for v in evals[cfg.variant]["videos"]]}
     (run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
     (run_dir / "report.md").write_text(to_markdown(summary, evals[cfg.variant]))
