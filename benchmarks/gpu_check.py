@@ -19,8 +19,9 @@ and 12 of its 36 LLM layers, DiT of width 1024), under bf16 autocast, medians of
       and the ratio of each to fm_only;
   (c) predict_action latency with 10 Euler steps against 1, and their ratio, with the Euler loop
       replayed as a CUDA graph (the default) and eager, and how far the two chunks differ.
-It prints a compact table and writes gpu_check_<config>_b<batch>_<compile>[_chain<N>].json to $OUT (or --out) when set. `--profile` adds,
-for the fused and the compiled mode, kernel launches and GPU busy time per step and the top kernels.
+It prints a compact table and writes gpu_check_<config>_b<batch>_<compile>[_chain<N>].json to $OUT
+(or --out) when set. `--profile` adds, for the fused and the compiled mode, kernel launches and GPU
+busy time per step and the top kernels.
 
     python3 benchmarks/gpu_check.py                       # CUDA, mid config, batch 16
     python3 benchmarks/gpu_check.py --config large --compile none --train-only  # Qwen2.5-VL-3B's shapes

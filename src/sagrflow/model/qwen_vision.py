@@ -12,9 +12,10 @@ the host sets the step time. Here:
   - `host_position_inputs` runs transformers' own code on the host copies of the inputs
     (the same functions, so the same tensors) and hands the results to the model as its
     `position_ids` and precomputed `image_*` keyword arguments. It runs that code once per
-    distinct input: the tower's positions per set of image grids (a fixed camera setup has one
-    per row count; kept on the device, so they are not copied again), the LLM's per row layout (token types and grids; a dataset has a few prompt
-    lengths), remembered per model, so most steps build nothing (benchmarks/host_inputs.py);
+    distinct input, remembered per model, so most steps build nothing (benchmarks/host_inputs.py):
+    the tower's positions per set of image grids (a fixed camera setup has one per row count;
+    kept on the device, so they are not copied again), the LLM's per row layout (token types
+    and grids; a dataset has a few prompt lengths);
   - `batch_segments` gives each vision attention module a forward that sends all pieces
     through one `scaled_dot_product_attention`: a view when they share one length (a fixed
     image size), otherwise padded to the longest with the padding keys masked. Queries
