@@ -103,7 +103,8 @@ def train_times(policies: dict[bool, object], batch_size: int, iters: int, devic
 
 def profiled(fn, steps: int = 3, top: int = 8, cuda: bool = True, trace: Path | None = None) -> dict:
     """Per step: kernel launches (graph replays count one), GPU kernel time, the `top` kernels by GPU
-    time, and the host (CPU) ms of each kind of backward node, from torch.profiler. `trace`: also
+    time, the host (CPU) ms of each kind of backward node, and the count and host ms of each CUDA
+    runtime call (launches, copies, allocations, synchronizations), from torch.profiler. `trace`: also
     write the profile as a gzipped Chrome trace (chrome://tracing, Perfetto) to that path."""
     import gzip
     import os
@@ -133,7 +134,9 @@ def profiled(fn, steps: int = 3, top: int = 8, cuda: bool = True, trace: Path | 
     return {"launches_per_step": launches / steps,
             "gpu_ms_per_step": sum(e.self_device_time_total for e in kernels) / 1e3 / steps,
             "top": [[e.key[:70], e.count // steps, e.self_device_time_total / 1e3 / steps] for e in kernels[:top]],
-            "backward_cpu_ms": backward}
+            "backward_cpu_ms": backward,
+            "runtime_cpu_ms": {e.key: [e.count / steps, e.cpu_time_total / 1e3 / steps] for e in events
+                               if e.key.startswith("cu") and e.device_type == torch.autograd.DeviceType.CPU}}
 
 
 def hf_vision(policy, fn) -> None:

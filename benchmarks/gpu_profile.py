@@ -7,7 +7,8 @@ gpu_check.py says what the temporal supervision costs; this says why. For fm-onl
             synchronization inside the step; "wait" is what the final synchronize still waits for.
             host ~ wall and a short wait: the step is bound by the host issuing work, not the GPU
   syncs     host-device synchronizations in one step, and where they come from
-  gpu       kernel launches and GPU kernel time per step, host time per kind of backward node
+  gpu       kernel launches and GPU kernel time per step, host time per kind of backward node,
+            count and host time of each CUDA runtime call (allocations, copies, synchronizations)
             (torch.profiler)
   python    the functions whose own host time (cProfile) grows most from fm-only to SA-GR
 
@@ -155,6 +156,11 @@ def main() -> None:
     for key in sorted(sagr_bw, key=lambda k: fm_bw.get(k, [0, 0.0])[1] - sagr_bw[k][1])[:15]:
         (n0, ms0), (n1, ms1) = fm_bw.get(key, [0, 0.0]), sagr_bw[key]
         print(f"    {n0:5d} {ms0:7.2f} -> {n1:5d} {ms1:7.2f}  {key}")
+    fm_rt, sagr_rt = (result[m]["gpu"]["runtime_cpu_ms"] for m in MODES)
+    print("CUDA runtime calls, fm_only -> sagr_fused (count and host ms per step; a synchronize's ms is its wait):")
+    for key in sorted(sagr_rt, key=lambda k: -sagr_rt[k][1])[:10]:
+        (n0, ms0), (n1, ms1) = fm_rt.get(key, [0, 0.0]), sagr_rt[key]
+        print(f"    {n0:7.1f} {ms0:7.2f} -> {n1:7.1f} {ms1:7.2f}  {key}")
     write_result(args.out, f"gpu_profile_b{args.batch_size}.json", result)
 
 
