@@ -22,12 +22,14 @@ class CallIndexPolicy:
         self.horizon, self.replan_calls = horizon, set(replan_calls)
         self.calls: dict[int, int] = {}
         self.batches = record if record is not None else []
+        self.checks: list[list[bool]] = []
 
     def reset(self, slot, episode):
         self.calls[slot] = 0
 
-    def act(self, observations, slots):
+    def act(self, observations, slots, checks=None):
         self.batches.append(len(slots))
+        self.checks.append(list(checks))
         out = []
         for s in slots:
             self.calls[s] += 1
@@ -53,6 +55,9 @@ def test_rrr_signal_drops_the_rest_of_the_chunk_and_a_calm_check_keeps_it():
     # and runs out after its 8 actions; chunk 5 follows
     assert executed == [1] * 3 + [2] * 8 + [5] * 3
     assert (r.queries, r.replans) == (5, 1)
+    # the policy is told which calls only check a running chunk (steps 3, 6, 9), so it can keep the
+    # running chunk's world-model memory when it does not replan
+    assert policy.checks == [[False], [True], [True], [True], [False]]
 
 
 def test_success_ends_the_episode_early():
@@ -121,6 +126,22 @@ def test_sagr_checkpoint_rolls_out_batched_and_films(tiny_checkpoint, tmp_path):
     with av.open(results[0].video) as container:
         frames = sum(1 for _ in container.decode(video=0))
     assert frames == 17 + 10  # the 17 observations, then the last held for a second
+
+
+def test_sagr_episode_actions_do_not_depend_on_the_other_environments(tiny_checkpoint):
+    from sagrflow.eval.policies import Episode, load_sagr
+
+    env = LogSuite(1, 10).make_env("t0", 10)
+    obs, _ = env.reset()
+    ep, other = Episode("t0", "do t0", 0), Episode("t0", "do t0", 1)
+    alone, beside = load_sagr(str(tiny_checkpoint), num_steps=2), load_sagr(str(tiny_checkpoint), num_steps=2)
+    alone.reset(0, ep)
+    beside.reset(0, other)
+    beside.reset(1, ep)
+    for _ in range(2):  # two calls: the second one's noise too is the episode's own
+        a = alone.act([obs], [0])[0].actions
+        b = beside.act([obs, obs], [0, 1])[1].actions
+        np.testing.assert_allclose(a, b, rtol=0, atol=1e-5)
 
 
 def test_suite_names_and_bad_configs():

@@ -8,6 +8,7 @@ import time
 import msgpack
 import numpy as np
 import pytest
+import torch
 
 from sagrflow.eval import msgpack_numpy
 from sagrflow.eval.client import PolicyClient, RemoteError, RemotePolicy
@@ -95,6 +96,7 @@ def test_reply_envelope_on_the_wire(server):
     ({"type": "infer", "payload": {"examples": [example(state=None)]}}, "state"),
     ({"type": "infer", "payload": {"examples": [example(state=np.zeros(3))]}}, "dims"),
     ({"type": "infer", "payload": {"examples": [example()], "num_steps": 0}}, "num_steps"),
+    ({"type": "infer", "payload": {"examples": [example(check="yes")]}}, "['check'] must be a bool"),
     ({"type": "dance", "request_id": 7}, "unsupported request type"),
 ])
 def test_malformed_requests_get_error_replies_and_the_server_lives_on(server, msg, needle):
@@ -144,6 +146,24 @@ def test_two_clients_at_once_keep_their_own_memory(server, policy):
     while policy._memory and time.monotonic() < deadline:
         time.sleep(0.01)
     assert not policy._memory  # both connections closed: their memory is forgotten
+
+
+def test_episode_ids_and_checks_reach_the_policy_memory(server, policy, monkeypatch):
+    monkeypatch.setattr(policy.config.action_model, "rrr_threshold", 1e9)  # no check replans
+    with PolicyClient("127.0.0.1", server.port) as client:
+        client.infer([example(0, episode_id=np.int64(3))])  # a NumPy id and a Python int are one episode
+        assert len(policy._memory) == 1
+        kept = next(iter(policy._memory.values())).pred_next.clone()
+        calm = client.infer([example(1, episode_id=3, check=True)])
+        assert not calm["replan"][0]  # a calm check leaves the running chunk's prediction in place
+        assert torch.equal(next(iter(policy._memory.values())).pred_next, kept)
+        client.infer([example(2, episode_id=3)])  # an issued chunk replaces it
+        assert not torch.equal(next(iter(policy._memory.values())).pred_next, kept)
+        client.reset(3)
+        deadline = time.monotonic() + 10
+        while policy._memory and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert not policy._memory
 
 
 class SlowPolicy:

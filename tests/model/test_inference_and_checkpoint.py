@@ -102,6 +102,46 @@ def test_drift_memory_rrr_and_reset(tiny_dir):
     assert other["rrr"][0] == 0.0
 
 
+def test_a_calm_check_keeps_the_issued_chunks_memory_and_a_replan_replaces_it(tiny_dir):
+    policy = build_policy(tiny_dir, drift_eta=0.5, rrr_threshold=1e9).eval()  # no check replans
+    predict(policy, [dict(observation(0), episode_id="e")])
+    memory = policy._memory["e"].pred_next.clone()
+    calm = predict(policy, [dict(observation(2), episode_id="e", check=True)])
+    assert not calm["replan"][0]
+    torch.testing.assert_close(policy._memory["e"].pred_next, memory, rtol=0, atol=0)  # the chunk still running
+    # the chunk runs out: the next call compares with what the issued chunk predicted, as if no check had run
+    after_check = predict(policy, [dict(observation(3), episode_id="e")], seed=1)
+    policy.reset()
+    predict(policy, [dict(observation(0), episode_id="e")])
+    no_check = predict(policy, [dict(observation(3), episode_id="e")], seed=1)
+    np.testing.assert_array_equal(after_check["rrr"], no_check["rrr"])
+    np.testing.assert_array_equal(after_check["actions"], no_check["actions"])
+    # a check that replans issues its chunk: its prediction is remembered
+    policy.config.action_model.rrr_threshold = 0.0
+    replanned = predict(policy, [dict(observation(5), episode_id="e", check=True)])
+    assert replanned["replan"][0]
+    assert not torch.equal(policy._memory["e"].pred_next, policy._memory["e"].task_tokens)
+    assert (policy._memory["e"].pred_next - memory).abs().max() > 1e-6
+
+
+def test_seeded_noise_follows_the_episode_not_the_batch(policy):
+    a, b = dict(observation(0), episode_id="a"), dict(observation(1), episode_id="b")
+    policy.reset()
+    alone = [policy.predict_action([a], seed=7)["actions_normalized"][0] for _ in range(2)]
+    policy.reset()
+    # "a" now shares each batch with "b", in second place: its chunks are those it made alone
+    batched = [policy.predict_action([b, a], seed=7)["actions_normalized"][1] for _ in range(2)]
+    for x, y in zip(alone, batched, strict=True):
+        np.testing.assert_allclose(x, y, rtol=0, atol=1e-5)
+    assert np.abs(alone[0] - alone[1]).max() > 1e-3  # each call draws anew
+    policy.reset("a")  # a new episode "a" starts its noise over
+    np.testing.assert_allclose(policy.predict_action([a], seed=7)["actions_normalized"][0], alone[0], atol=1e-5)
+    policy.reset("a")
+    assert np.abs(policy.predict_action([a], seed=8)["actions_normalized"][0] - alone[0]).max() > 1e-3
+    with pytest.raises(ValueError, match="generator or a seed"):
+        policy.predict_action([a], generator=torch.Generator(), seed=7)
+
+
 def test_predict_action_validates_observations(policy):
     with pytest.raises(ValueError, match="no 'state'"):
         policy.predict_action([{"image": observation(0)["image"], "lang": "x"}])

@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 
 from sagrflow.eval import msgpack_numpy
-from sagrflow.eval.policies import CAMERAS, Chunk, Episode
+from sagrflow.eval.policies import CAMERAS, Chunk, Episode, model_input
 
 
 class RemoteError(RuntimeError):
@@ -119,10 +119,11 @@ class RemotePolicy:
         self._episodes[slot] = episode
         self.client.reset(episode.key)
 
-    def act(self, observations: Sequence[dict], slots: Sequence[int]) -> list[Chunk]:
-        examples = [{"image": [obs[k] for k in self.cameras], "lang": self._episodes[s].instruction,
-                     "state": obs.get("state"), "episode_id": self._episodes[s].key}
-                    for obs, s in zip(observations, slots, strict=True)]
+    def act(self, observations: Sequence[dict], slots: Sequence[int],
+            checks: Sequence[bool] | None = None) -> list[Chunk]:
+        checks = checks or [False] * len(slots)
+        examples = [model_input(obs, self._episodes[s], self.cameras, check)
+                    for obs, s, check in zip(observations, slots, checks, strict=True)]
         data = self.client.infer(examples, self.num_steps)
         return [Chunk(np.asarray(data["actions"][i], np.float32), bool(data["replan"][i]), float(data["rrr"][i]))
                 for i in range(len(examples))]

@@ -136,7 +136,7 @@ def _query(policy: Policy, running: dict[int, tuple[int, _Slot]], cfg: RolloutCo
            if not s.plan or (cfg.check_every and s.since_chunk and s.since_chunk % cfg.check_every == 0)]
     if not due:
         return
-    chunks = policy.act([running[slot][1].obs for slot in due], due)
+    chunks = policy.act([running[slot][1].obs for slot in due], due, [bool(running[slot][1].plan) for slot in due])
     for slot, chunk in zip(due, chunks, strict=True):
         s = running[slot][1]
         s.queries += 1

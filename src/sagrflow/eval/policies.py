@@ -1,8 +1,9 @@
 """What the rollout harness drives: a tiny batched policy protocol and its adapters.
 
 A policy serves several environment slots at once (the harness steps them in lockstep):
-`reset(slot, episode)` starts an episode in a slot, `act(observations, slots)` returns one
-action chunk per slot asked. Adapters: the SA-GR checkpoint, the sim's scripted expert (it
+`reset(slot, episode)` starts an episode in a slot, `act(observations, slots, checks)` returns
+one action chunk per slot asked; `checks[i]` says slot i is still executing a chunk and asks
+only whether to replan (the harness adopts the answer only if it replans). Adapters: the SA-GR checkpoint, the sim's scripted expert (it
 reads the privileged scene, so it only runs on the built-in sim), a uniform random policy
 and a zero policy (the "do nothing" baseline).
 
@@ -54,7 +55,17 @@ class Policy(Protocol):
 
     def reset(self, slot: int, episode: Episode) -> None: ...
 
-    def act(self, observations: Sequence[dict], slots: Sequence[int]) -> list[Chunk]: ...
+    def act(self, observations: Sequence[dict], slots: Sequence[int],
+            checks: Sequence[bool] | None = None) -> list[Chunk]: ...
+
+
+def model_input(obs: dict, episode: Episode, cameras: Sequence[str], check: bool) -> dict:
+    """An environment observation -> one `predict_action` observation (the server's example)."""
+    missing = [k for k in cameras if k not in obs]
+    if missing:
+        raise ValueError(f"observation lacks cameras {missing}; it has {sorted(obs)}")
+    return {"image": [obs[k] for k in cameras], "lang": episode.instruction, "state": obs.get("state"),
+            "episode_id": episode.key, "check": check}
 
 
 # ---------------------------------------------------------------------- baselines
@@ -75,7 +86,8 @@ class ExpertPolicy:
             raise ValueError("the scripted expert reads the sim's scene: it only runs on the built-in sim suites")
         self._slots[slot] = (episode.env, ScriptedExpert(noise=self.noise, seed=episode.seed))
 
-    def act(self, observations: Sequence[dict], slots: Sequence[int]) -> list[Chunk]:
+    def act(self, observations: Sequence[dict], slots: Sequence[int],
+            checks: Sequence[bool] | None = None) -> list[Chunk]:
         return [Chunk(self._slots[s][1].act(self._slots[s][0])[None]) for s in slots]
 
 
@@ -91,7 +103,8 @@ class RandomPolicy:
     def reset(self, slot: int, episode: Episode) -> None:
         self._rngs[slot] = np.random.default_rng(episode.seed)
 
-    def act(self, observations: Sequence[dict], slots: Sequence[int]) -> list[Chunk]:
+    def act(self, observations: Sequence[dict], slots: Sequence[int],
+            checks: Sequence[bool] | None = None) -> list[Chunk]:
         return [Chunk(self._rngs[s].uniform(-1, 1, (self.horizon, self.action_dim)).astype(np.float32))
                 for s in slots]
 
@@ -108,7 +121,8 @@ class ZeroPolicy:
     def reset(self, slot: int, episode: Episode) -> None:
         pass
 
-    def act(self, observations: Sequence[dict], slots: Sequence[int]) -> list[Chunk]:
+    def act(self, observations: Sequence[dict], slots: Sequence[int],
+            checks: Sequence[bool] | None = None) -> list[Chunk]:
         return [Chunk(self.chunk.copy()) for _ in slots]
 
 
@@ -117,7 +131,9 @@ class ZeroPolicy:
 class SAGRAdapter:
     """A loaded `SAGRPolicy`: one batched `predict_action` for all slots that need a chunk.
 
-    The world-model memory is keyed by episode, so concurrent episodes never mix residuals.
+    The world-model memory and the noise are keyed by episode, so concurrent episodes never mix
+    residuals, and an episode's actions depend on (seed, episode) alone, not on how many
+    environments run beside it or in which order the episodes come.
     """
 
     policy: Any  # sagrflow.model.SAGRPolicy (kept untyped: this module must not import torch)
@@ -126,12 +142,6 @@ class SAGRAdapter:
     seed: int = 0
     name: str = "sagr"
     _episodes: dict[int, Episode] = field(default_factory=dict)
-
-    def __post_init__(self):
-        import torch
-
-        self._generator = torch.Generator(device=self.policy.head.action_out.weight.device)
-        self._generator.manual_seed(self.seed)
 
     @property
     def horizon(self) -> int:
@@ -144,16 +154,12 @@ class SAGRAdapter:
         self._episodes[slot] = episode
         self.policy.reset(episode.key)
 
-    def act(self, observations: Sequence[dict], slots: Sequence[int]) -> list[Chunk]:
-        batch = []
-        for obs, slot in zip(observations, slots, strict=True):
-            episode = self._episodes[slot]
-            missing = [k for k in self.cameras if k not in obs]
-            if missing:
-                raise ValueError(f"observation lacks cameras {missing}; it has {sorted(obs)}")
-            batch.append({"image": [obs[k] for k in self.cameras], "lang": episode.instruction,
-                          "state": obs.get("state"), "episode_id": episode.key})
-        out = self.policy.predict_action(batch, num_steps=self.num_steps, generator=self._generator)
+    def act(self, observations: Sequence[dict], slots: Sequence[int],
+            checks: Sequence[bool] | None = None) -> list[Chunk]:
+        checks = checks or [False] * len(slots)
+        batch = [model_input(obs, self._episodes[slot], self.cameras, check)
+                 for obs, slot, check in zip(observations, slots, checks, strict=True)]
+        out = self.policy.predict_action(batch, num_steps=self.num_steps, seed=self.seed)
         return [Chunk(out["actions"][i].astype(np.float32), bool(out["replan"][i]), float(out["rrr"][i]))
                 for i in range(len(batch))]
 

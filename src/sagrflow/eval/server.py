@@ -6,7 +6,8 @@ request gets exactly one reply:
 
 - starVLA envelope: `{"type": "ping" | "infer" | "reset", "request_id": ..., "payload": {...}}`,
   or the same keys flat (no `type`: infer). An infer payload holds `examples`: a list of
-  `{"image": [HWC uint8, camera order], "lang": str, "state"?: array, "episode_id"?: ...}`
+  `{"image": [HWC uint8, camera order], "lang": str, "state"?: array, "episode_id"?: ...,
+  "check"?: bool (a mid-chunk check: the drift memory moves only if the answer replans)}`
   and optionally `num_steps` (alias `num_ddim_steps`). The reply is
   `{"status": "ok", "ok": True, "type": "inference_result", "request_id", "data": {"actions",
   "normalized_actions" (both (B, H, A)), "rrr", "replan"}}`, or `status "error"`, `ok False`
@@ -207,9 +208,12 @@ class PolicyServer:
             if state.dtype.kind not in "fiu" or not np.all(np.isfinite(state)):
                 raise RequestError(f"examples[{i}]['state'] must be a finite numeric array")
             out["state"] = state.astype(np.float64).reshape(-1)
+        check = ex.get("check", False)
+        if not isinstance(check, bool | np.bool_):
+            raise RequestError(f"examples[{i}]['check'] must be a bool, got {type(check).__name__}")
         key = (conn.id, _hashable(ex.get("episode_id", i)))
         conn.keys.add(key)
-        out["episode_id"] = key
+        out["episode_id"], out["check"] = key, bool(check)
         return out
 
     async def _predict(self, examples: list[dict], num_steps: int | None) -> dict:
@@ -263,6 +267,12 @@ def _num_steps(payload: dict) -> int | None:
 
 
 def _hashable(x: Any) -> Any:
+    """An episode id -> a memory key: a NumPy scalar is its Python value (np.int64(3) and 3 are one
+    episode); a list (msgpack has no tuple) a tuple; anything else unhashable its repr."""
+    if isinstance(x, np.generic):
+        x = x.item()
+    if isinstance(x, list):
+        x = tuple(_hashable(v) for v in x)
     return x if isinstance(x, str | int | float | bytes | tuple) else repr(x)
 
 

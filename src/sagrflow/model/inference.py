@@ -61,10 +61,11 @@ def prepare_observations(policy, observations: list[dict], device: torch.device)
 
 
 def sample_chunk(head, enc, state: torch.Tensor | None, residual: torch.Tensor, num_steps: int,
-                 generator: torch.Generator | None = None, graphs: GraphCache | None = None):
+                 generator: torch.Generator | list[torch.Generator] | None = None, graphs: GraphCache | None = None):
     """Euler-integrate the flow from noise (t = 0) to actions (t = 1) -> (B, H, A) normalized, temb at t = 1.
 
-    The noise is drawn here; the integration (`integrate`) is a fixed computation of its
+    The noise is drawn here, from one generator for the batch or from one per row (a list of B);
+    the integration (`integrate`) is a fixed computation of its
     tensors, which `graphs` replays as a CUDA graph on a GPU. The drift is skipped when the
     residual is zero everywhere (no memory yet): `DriftHead` maps a zero residual to exactly zero.
     """
@@ -76,8 +77,14 @@ def sample_chunk(head, enc, state: torch.Tensor | None, residual: torch.Tensor, 
     # time grid (0.1 -> 0.10009765625) and the Euler state that sums all the steps
     dtype, device = head.action_out.weight.dtype, enc.task_tokens.device
     # noise is drawn where the generator lives (a CPU generator gives the same chunk on any device)
-    noise_device = generator.device if generator is not None else device
-    x = torch.randn(b, cfg.action_horizon, cfg.action_dim, generator=generator, device=noise_device, dtype=dtype)
+    shape = (cfg.action_horizon, cfg.action_dim)
+    if isinstance(generator, list):
+        if len(generator) != b:
+            raise ValueError(f"{len(generator)} noise generators for a batch of {b}")
+        x = torch.stack([torch.randn(shape, generator=g, device=g.device, dtype=dtype).to(device) for g in generator])
+    else:
+        noise_device = generator.device if generator is not None else device
+        x = torch.randn(b, *shape, generator=generator, device=noise_device, dtype=dtype)
     with_drift = bool(residual.any())  # one host read per call, against N drift evaluations
     dt = 1.0 / num_steps  # the time grid from the host: an exact 1.0 at the end, whatever the rounding of i * dt
     times = torch.tensor([i * dt for i in range(num_steps)] + [1.0], dtype=dtype).to(device)  # (E + 1,)

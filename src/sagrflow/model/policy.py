@@ -7,6 +7,7 @@ K task tokens, W width, L VLM sequence, D VLM hidden size.
 from __future__ import annotations
 
 import json
+import zlib
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
@@ -80,7 +81,8 @@ class SAGRPolicy(nn.Module):
                 raise ValueError(f"{name} normalizer is {norm.dim}-dim but framework.action_model.{name}_dim={dim}")
         self.action_normalizer = action_normalizer
         self.state_normalizer = state_normalizer
-        self._memory: dict = {}
+        self._memory: dict = {}  # episode key -> _Memory
+        self._noise: dict = {}  # episode key -> its seeded noise generator (predict_action's `seed`)
         # t+k VLM outputs of a frozen backbone (trainer.target_cache_mb); not a module: never saved
         self.target_cache: TargetCache | None = None
         self._graphs = GraphCache()  # predict_action's Euler loops, recorded per shape on a CUDA device
@@ -288,24 +290,44 @@ class SAGRPolicy(nn.Module):
 
     # --- inference -----------------------------------------------------------------------
     def reset(self, episode=None) -> None:
-        """Forget the world-model memory: of one episode (its id or batch slot), or of all."""
+        """Forget the world-model memory and the seeded noise: of one episode (its id or batch slot), or of all."""
         if episode is None:
             self._memory.clear()
+            self._noise.clear()
         else:
             self._memory.pop(episode, None)
+            self._noise.pop(episode, None)
+
+    def _episode_noise(self, keys: list, seed: int) -> list[torch.Generator]:
+        """One CPU generator per row, made at an episode's first call from (seed, episode key) and
+        advanced by each call: a row's noise depends on its episode and call count alone, not on
+        which other episodes share the batch."""
+        out = []
+        for key in keys:
+            if key not in self._noise:
+                self._noise[key] = torch.Generator().manual_seed(zlib.crc32(repr((seed, key)).encode()))
+            out.append(self._noise[key])
+        return out
 
     @torch.no_grad()
     def predict_action(self, observations: list[dict], num_steps: int | None = None,
-                       generator: torch.Generator | None = None) -> dict[str, np.ndarray]:
+                       generator: torch.Generator | None = None, seed: int | None = None) -> dict[str, np.ndarray]:
         """observations: B dicts {"image": [C HWC uint8 arrays], "lang": str, "state": (S,) raw,
-        optional "depth": [C (h, w) or (h, w, k) arrays], optional "episode_id"} ->
+        optional "depth": [C (h, w) or (h, w, k) arrays], optional "episode_id", optional "check"} ->
         {"actions": (B, H, A) un-normalized, "actions_normalized": (B, H, A), "rrr": (B,), "replan": (B,) bool}.
 
         One VLM pass; the DiT's cross-attention keys/values are computed once and reused by
         every Euler step, and on a CUDA device the Euler loop is replayed as a CUDA graph
         (framework.action_model.cuda_graphs). The drift sees the observed residual: the tokens seen now minus
-        what the policy predicted for them at its previous call of the same episode.
+        what the policy predicted for them when it issued the chunk being executed.
+
+        "check": True marks a mid-chunk check: the caller goes on executing the chunk it has unless
+        this answer replans, so the row's memory changes only when it does. Noise: from `generator`
+        (one draw for the batch), or with `seed` from each episode's own generator (`_episode_noise`),
+        so an episode's chunks do not depend on which episodes share its batch; else torch's global one.
         """
+        if generator is not None and seed is not None:
+            raise ValueError("predict_action takes a generator or a seed, not both")
         from sagrflow.model.inference import prepare_observations, sample_chunk
 
         am = self.config.action_model
@@ -321,18 +343,21 @@ class SAGRPolicy(nn.Module):
                 expected[i] = (m.pred_next - m.task_tokens).norm()
         rrr = torch.where(expected > 0, residual.flatten(1).norm(dim=1) / expected.clamp_min(1e-12),
                           torch.zeros_like(expected))
+        noise = generator if seed is None else self._episode_noise(keys, seed)
         x, temb_end = sample_chunk(self.head, enc, state, residual, num_steps or am.num_inference_timesteps,
-                                   generator, self._graphs if am.cuda_graphs else None)
+                                   noise, self._graphs if am.cuda_graphs else None)
         noisy = am.world_action_source == "noisy"
         pred_next = self.head.predict_next(enc.task_tokens, x, state, temb_end if noisy else None)
-        for i, k in enumerate(keys):
-            self._memory[k] = _Memory(enc.task_tokens[i].clone(), pred_next[i].clone())
+        replan = (rrr > am.rrr_threshold).cpu().numpy()
+        for i, (k, m, o) in enumerate(zip(keys, prev, observations, strict=True)):
+            if m is None or replan[i] or not o.get("check", False):  # a kept chunk keeps its prediction
+                self._memory[k] = _Memory(enc.task_tokens[i].clone(), pred_next[i].clone())
         actions = x if self.action_normalizer is None else self.action_normalizer.unnormalize(x.double())
         return {
             "actions": actions.float().cpu().numpy(),
             "actions_normalized": x.float().cpu().numpy(),
             "rrr": rrr.float().cpu().numpy(),
-            "replan": (rrr > am.rrr_threshold).cpu().numpy(),
+            "replan": replan,
         }
 
     # --- checkpoints ---------------------------------------------------------------------
