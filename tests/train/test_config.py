@@ -36,6 +36,13 @@ def test_libero_config_has_the_reference_choices():
     ({"trainer.max_train_steps": "ten"}, "trainer.max_train_steps: expected an integer"),
     ({"trainer.lr_scheduler": "linear"}, "'linear' is not one of"),
     ({"framework.name": "starVLA"}, "framework.name='starVLA'"),
+    # NaN passes every range check, so it is no number at all; inf is no rate, weight or clip norm
+    ({"trainer.max_grad_norm": "nan"}, "trainer.max_grad_norm: expected a number, got 'nan'"),
+    ({"framework.action_model.loss_w_dyn": float("nan")}, "loss_w_dyn: expected a number, got nan"),
+    ({"trainer.learning_rate.base": "inf"}, "rates must be finite and >= 0"),
+    ({"trainer.weight_decay": float("inf")}, "trainer.weight_decay must be finite and >= 0"),
+    ({"trainer.adam_eps": 0}, "trainer.adam_eps must be finite and > 0"),
+    ({"framework.action_model.loss_w_geo": "inf"}, "loss_w_geo=inf must be finite and >= 0"),
 ])
 def test_bad_keys_and_values_are_named(override, message):
     with pytest.raises(ConfigError) as err:
@@ -88,3 +95,7 @@ def test_cli_reports_a_typo_in_one_line(capsys):
     assert "trainer.save_intervall: unknown key (did you mean 'save_interval'?)" in err
     assert main(["train", "--print-config", "--trainer.max_train_steps", "7"]) == 0
     assert "max_train_steps: 7" in capsys.readouterr().out
+
+
+def test_an_infinite_rrr_threshold_means_never_replan():
+    assert load_config(None, {"framework.action_model.rrr_threshold": "inf"}).framework.action_model.rrr_threshold == float("inf")

@@ -41,3 +41,14 @@ def test_other_ranks_write_nothing(tmp_path):
     logger.log(0, {"loss/total": 1.0})
     logger.close()
     assert not (tmp_path / "metrics.jsonl").exists()
+
+
+def test_a_record_torn_by_a_crash_is_dropped_and_a_corrupt_one_named(tmp_path):
+    path = tmp_path / "metrics.jsonl"
+    path.write_text('{"step": 0, "loss/total": 1.0}\n{"step": 1, "loss/total": 0.5}\n{"step": 2, "loss/to')
+    assert [r["step"] for r in m.read_metrics(path)] == [0, 1]
+    assert m.truncate_metrics(path, 1) == 2  # step 1 and the torn line
+    assert [r["step"] for r in m.read_metrics(path)] == [0]
+    path.write_text('{"step": 0}\nnot json\n{"step": 1}\n')
+    with pytest.raises(ValueError, match="metrics.jsonl:2 is not a JSON record"):
+        m.read_metrics(path)

@@ -230,7 +230,7 @@ def test_resume_refuses_a_changed_model_or_parameter_groups(make_config):
     Trainer(cfg).fit()
     with pytest.raises(ConfigError, match="framework section differs from the checkpoint"):
         Trainer(make_config(**{"trainer.max_train_steps": 2, "framework.action_model.drift_eta": 0.5}))
-    with pytest.raises(ConfigError, match="trainer.freeze_modules or trainer.learning_rate paths changed"):
+    with pytest.raises(ConfigError, match="trainer.freeze_modules, trainer.learning_rate paths or"):
         Trainer(make_config(**{"trainer.max_train_steps": 2, "trainer.freeze_modules": ["backbone"]}))
 
 
@@ -240,3 +240,55 @@ def test_an_accelerate_config_cannot_silently_change_accumulation(make_config, m
     monkeypatch.setenv("ACCELERATE_GRADIENT_ACCUMULATION_STEPS", "3")
     with pytest.raises(ConfigError, match="gradient_accumulation_steps=3 but trainer.gradient_accumulation_steps=1"):
         Trainer(make_config())
+
+
+def test_logged_learning_rate_is_the_one_the_step_used(make_config):
+    from sagrflow.train.schedule import lr_factor
+
+    cfg = make_config(**{"trainer.max_train_steps": 4, "trainer.warmup_steps": 2})
+    Trainer(cfg).fit()
+    t = cfg.trainer
+    for r in _rows(cfg):
+        used = t.learning_rate["base"] * lr_factor(r["step"], t.max_train_steps, t.warmup_steps, t.lr_scheduler,
+                                                   t.min_lr_ratio)
+        assert r["optim/lr"] == pytest.approx(used) and r["optim/lr/base"] == pytest.approx(used)
+
+
+def test_rates_changed_on_resume_are_the_rates_trained_with(make_config):
+    from sagrflow.train.schedule import lr_factor
+
+    Trainer(make_config(**{"trainer.max_train_steps": 2})).fit()
+    cfg = make_config(**{"trainer.max_train_steps": 4, "trainer.learning_rate.base": 3e-3,
+                         "trainer.learning_rate.backbone": 2e-6, "trainer.adam_eps": 1e-6})
+    with pytest.warns(UserWarning, match="changed settings"):
+        trainer = Trainer(cfg)
+    groups = {g["name"]: g for g in trainer.optimizer.param_groups}
+    assert groups["base"]["initial_lr"] == 3e-3 and groups["backbone"]["initial_lr"] == 2e-6
+    assert all(g["eps"] == 1e-6 for g in groups.values())
+    assert trainer.optimizer.state  # the moments came from the checkpoint
+    trainer.fit()
+    t = cfg.trainer
+    step2 = next(r for r in _rows(cfg) if r["step"] == 2)
+    assert step2["optim/lr/base"] == pytest.approx(3e-3 * lr_factor(2, 4, t.warmup_steps, t.lr_scheduler, t.min_lr_ratio))
+
+
+def test_resuming_an_older_checkpoint_sets_the_later_ones_aside(make_config):
+    Trainer(make_config(**{"trainer.max_train_steps": 6, "trainer.save_interval": 3})).fit()
+    cfg = make_config(**{"trainer.max_train_steps": 6, "trainer.save_interval": 1, "trainer.save_total_limit": 2})
+    root = cfg.run_dir / "checkpoints"
+    branch = replace(cfg, trainer=replace(cfg.trainer, resume=str(root / "step_0000003"), max_train_steps=5))
+    Trainer(branch).fit()
+    # the branch's own checkpoints survive save_total_limit, and a later `resume: auto` continues the branch
+    assert latest_checkpoint(cfg.run_dir).name == "step_0000005"
+    assert sorted(p.name for p in root.glob("step_*")) == ["step_0000004", "step_0000005"]
+    [aside] = root.glob("abandoned_after_step_0000003_*")
+    assert [p.name for p in aside.iterdir()] == ["step_0000006"] and (aside / "step_0000006" / COMPLETE).is_file()
+    assert Trainer(cfg).state.step == 5
+
+
+def test_a_fresh_start_refuses_an_earlier_runs_directory(make_config):
+    from sagrflow.core.config import ConfigError
+
+    Trainer(make_config(**{"trainer.max_train_steps": 1})).fit()
+    with pytest.raises(ConfigError, match="holds checkpoints of an earlier run"):
+        Trainer(make_config(**{"trainer.max_train_steps": 2, "trainer.resume": "never"}))

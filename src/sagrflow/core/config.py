@@ -10,8 +10,10 @@ those, Optional, Literal-like `choices` in field metadata) so a YAML typo such a
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import difflib
+import math
 import types
 import typing
 from collections.abc import Mapping
@@ -71,14 +73,15 @@ def _coerce(value: Any, annotation: Any, where: str) -> Any:
             return int(value)
         raise ConfigError(f"{where}: expected an integer, got {value!r}")
     if annotation is float:
+        number = None
         if isinstance(value, int | float) and not isinstance(value, bool):
-            return float(value)
-        if isinstance(value, str):
-            try:
-                return float(value)
-            except ValueError:
-                pass
-        raise ConfigError(f"{where}: expected a number, got {value!r}")
+            number = float(value)
+        elif isinstance(value, str):
+            with contextlib.suppress(ValueError):
+                number = float(value)
+        if number is None or math.isnan(number):  # NaN passes every range check: refuse it here
+            raise ConfigError(f"{where}: expected a number, got {value!r}")
+        return number
     if annotation is str:
         if isinstance(value, str):
             return value

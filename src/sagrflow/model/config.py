@@ -7,6 +7,7 @@ unknown keys by their dotted name and checks value types.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -116,9 +117,11 @@ class ActionModelConfig:
                 "framework.action_model.use_geometric_branch is true but geometry_encoder is 'none': "
                 "pick depth, pointmap or mapanything, or turn the branch off"
             )
-        for name in ("loss_w_fm", "loss_w_dyn", "loss_w_geo", "loss_w_reg", "drift_eta", "rrr_threshold"):
-            if getattr(self, name) < 0:
-                raise ValueError(f"framework.action_model.{name}={getattr(self, name)} must be >= 0")
+        for name in ("loss_w_fm", "loss_w_dyn", "loss_w_geo", "loss_w_reg", "drift_eta"):
+            if not 0 <= getattr(self, name) < math.inf:
+                raise ValueError(f"framework.action_model.{name}={getattr(self, name)} must be finite and >= 0")
+        if not self.rrr_threshold >= 0:  # inf: never replan
+            raise ValueError(f"framework.action_model.rrr_threshold={self.rrr_threshold} must be >= 0")
         if not 0.0 < self.time_eps < 0.5:
             raise ValueError(f"framework.action_model.time_eps={self.time_eps} must be in (0, 0.5)")
 

@@ -21,6 +21,7 @@ import os
 import random
 import re
 import shutil
+import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -160,17 +161,56 @@ def load_train_state(path: Path) -> TrainState:
     return TrainState(**json.loads((path / "trainer_state.json").read_text()))
 
 
+_GROUP_SETTINGS = ("initial_lr", "weight_decay", "betas", "eps")  # what the run's config sets per group
+
+
 def load_optimizer_state(accelerator, path: Path, optimizer, scheduler) -> None:
-    """Before `prepare` for plain optimizers; the sharded (DeepSpeed/FSDP) state loads after it."""
+    """Before `prepare` for plain optimizers; the sharded (DeepSpeed/FSDP) state loads after it.
+
+    The moments and the step count come from the checkpoint; the settings (learning rates, weight
+    decay, Adam's betas and eps) stay this run's, so a rate changed on resume is the rate trained
+    with, and the one its config.yaml records. The current rate is this run's schedule at the step."""
+    settings = [{k: g[k] for k in _GROUP_SETTINGS if k in g} for g in optimizer.param_groups]
     if (path / "optimizer.pt").is_file():
         state = torch.load(path / "optimizer.pt", map_location="cpu", weights_only=False)
         try:
             optimizer.load_state_dict(state)
         except ValueError as exc:
             raise ConfigError(f"{path / 'optimizer.pt'} does not fit this run's parameter groups ({exc}): "
-                              "trainer.freeze_modules or trainer.learning_rate paths changed since it was saved"
-                              ) from exc
+                              "trainer.freeze_modules, trainer.learning_rate paths or trainer.weight_decay "
+                              "(0 has no decay groups) changed since it was saved") from exc
+        for group, mine in zip(optimizer.param_groups, settings, strict=True):
+            group.update(mine)
     scheduler.load_state_dict(torch.load(path / "scheduler.pt", map_location="cpu", weights_only=False))
+    scheduler.base_lrs = [g["initial_lr"] for g in optimizer.param_groups]
+    for group, base, factor in zip(optimizer.param_groups, scheduler.base_lrs, scheduler.lr_lambdas, strict=True):
+        group["lr"] = base * factor(scheduler.last_epoch)
+    scheduler._last_lr = [g["lr"] for g in optimizer.param_groups]
+
+
+def check_fresh_start(run_dir: Path) -> None:
+    """A run that starts from scratch (trainer.resume never) must not write beside an earlier run's
+    checkpoints: save_total_limit would delete its own newer checkpoints (lower step numbers) and
+    the next `resume: auto` would continue the earlier run."""
+    done = complete_checkpoints(run_dir)
+    if done:
+        raise ConfigError(f"{run_dir} holds checkpoints of an earlier run ({', '.join(p.name for p in done[-3:])}); "
+                          "trainer.resume never would mix the two runs. Resume it (trainer.resume auto), or start "
+                          "this one under another trainer.run_name or trainer.output_dir")
+
+
+def set_aside_later(run_dir: Path, step: int) -> list[Path]:
+    """Move the complete checkpoints of `run_dir` later than `step` (a run resumed from an older
+    one abandons them) into `checkpoints/abandoned_after_step_<step>_<time>/`: kept, but no longer
+    seen by `latest_checkpoint` or `save_total_limit`. -> their new paths."""
+    later = [p for p in complete_checkpoints(run_dir) if int(_STEP_RE.match(p.name).group(1)) > step]
+    if not later:
+        return []
+    dest = checkpoints_root(run_dir) / f"abandoned_after_step_{step:07d}_{time.strftime('%Y%m%d-%H%M%S')}"
+    dest.mkdir()
+    for p in later:
+        p.rename(dest / p.name)
+    return [dest / p.name for p in later]
 
 
 def load_sharded_state(accelerator, path: Path) -> None:

@@ -12,6 +12,7 @@ configs/tiny_cpu.yaml).
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -74,16 +75,18 @@ class TrainerConfig:
             raise ConfigError(f"trainer.learning_rate: every value must be a number, got {self.learning_rate!r}") from exc
         if "base" not in lr:
             raise ConfigError(f"trainer.learning_rate needs a 'base' rate, got {sorted(lr)}")
-        if any(v < 0 for v in lr.values()):
-            raise ConfigError(f"trainer.learning_rate: rates must be >= 0, got {lr}")
+        if not all(0 <= v < math.inf for v in lr.values()):
+            raise ConfigError(f"trainer.learning_rate: rates must be finite and >= 0, got {lr}")
         object.__setattr__(self, "learning_rate", lr)
         for name in ("max_train_steps", "gradient_accumulation_steps", "log_interval"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"trainer.{name} must be >= 1, got {getattr(self, name)}")
         for name in ("save_interval", "sagr_phase_a_steps", "sagr_phase_b_ramp_steps", "warmup_steps",
                      "save_total_limit", "max_grad_norm", "weight_decay", "max_consecutive_skips", "target_cache_mb"):
-            if getattr(self, name) < 0:
-                raise ConfigError(f"trainer.{name} must be >= 0, got {getattr(self, name)}")
+            if not 0 <= getattr(self, name) < math.inf:
+                raise ConfigError(f"trainer.{name} must be finite and >= 0, got {getattr(self, name)}")
+        if not 0 < self.adam_eps < math.inf:
+            raise ConfigError(f"trainer.adam_eps must be finite and > 0, got {self.adam_eps}")
         if not 0.0 <= self.min_lr_ratio <= 1.0:
             raise ConfigError(f"trainer.min_lr_ratio must be in [0, 1], got {self.min_lr_ratio}")
         if len(self.adam_betas) != 2 or not all(0 <= b < 1 for b in self.adam_betas):

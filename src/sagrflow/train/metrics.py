@@ -113,23 +113,36 @@ class MetricsLogger:
         self.sinks = []
 
 
+def _records(path: Path) -> list[tuple[str, dict]]:
+    """(line, record) of each record of a metrics.jsonl. A last line that does not parse is a record
+    cut short (the process died mid-write) and is left out; any other such line is an error."""
+    lines = path.read_text().splitlines()
+    out = []
+    for i, line in enumerate(lines):
+        if not line.strip():
+            continue
+        try:
+            out.append((line, json.loads(line)))
+        except json.JSONDecodeError:
+            if i < len(lines) - 1:
+                raise ValueError(f"{path}:{i + 1} is not a JSON record: {line[:80]!r}") from None
+    return out
+
+
 def truncate_metrics(path: str | Path, step: int) -> int:
-    """Drop the records of steps >= `step` (logged after the checkpoint a run resumes from); returns how many."""
+    """Drop the records of steps >= `step` (logged after the checkpoint a run resumes from) and a
+    torn last line; returns how many lines went."""
     path = Path(path)
     if not path.is_file():
         return 0
-    lines = path.read_text().splitlines()
-    keep = [line for line in lines if line.strip() and json.loads(line)["step"] < step]
+    total = len(path.read_text().splitlines())
+    keep = [line for line, row in _records(path) if row["step"] < step]
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_text("".join(line + "\n" for line in keep))
     tmp.replace(path)
-    return len(lines) - len(keep)
+    return total - len(keep)
 
 
 def read_metrics(path: str | Path) -> list[dict]:
     """The records of a metrics.jsonl, non-finite values back as floats."""
-    rows = []
-    for line in Path(path).read_text().splitlines():
-        row = json.loads(line)
-        rows.append({k: float(v) if isinstance(v, str) else v for k, v in row.items()})
-    return rows
+    return [{k: float(v) if isinstance(v, str) else v for k, v in row.items()} for _, row in _records(Path(path))]

@@ -65,6 +65,8 @@ class Trainer:
         self.loader = TemporalLoader(self.dataset, cfg.data, rank=acc.process_index, world_size=acc.num_processes,
                                      pin_memory=acc.device.type == "cuda")
         resume_from = ckpt.resolve_resume(t.resume, self.run_dir)
+        if resume_from is None:
+            ckpt.check_fresh_start(self.run_dir)
         self.policy = self._build_policy(resume_from)
         freeze(self.policy, t.freeze_modules)
         self.policy.to(acc.device)  # before the optimizer: on CUDA it is built fused (one kernel per step)
@@ -88,6 +90,8 @@ class Trainer:
             self._resume(resume_from)
         else:
             set_seed(t.seed + acc.process_index)  # each rank draws its own noise and flow times
+            if acc.is_main_process:  # a start that crashed before its first checkpoint left records
+                m.truncate_metrics(self.run_dir / "metrics.jsonl", 0)
         if acc.is_main_process:
             save_config(cfg, self.run_dir / "config.yaml")
         self.logger = m.MetricsLogger(self.run_dir, t.logger, acc.is_main_process, wandb_project=t.wandb_project,
@@ -130,7 +134,10 @@ class Trainer:
         ckpt.load_rank_state(path, acc.process_index, acc.num_processes, old, self.cfg.data.per_device_batch_size,
                              self.loader)  # RNG last: nothing after it may draw
         self._last_saved = old.step
+        self._reported = True  # the first-step report stays the first step's
         if acc.is_main_process:
+            for moved in ckpt.set_aside_later(self.run_dir, old.step):
+                print(f"{moved.name} is later than the step resumed from: moved to {moved.parent}")
             changed = _changed_keys(read_yaml(path / "config.yaml"), to_dict(self.cfg))
             if changed:
                 warnings.warn(f"resuming {path.name} with changed settings: {', '.join(changed)}", stacklevel=2)
@@ -164,10 +171,11 @@ class Trainer:
         if not skipped:
             self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
+        lrs = {g.get("name", str(i)): g["lr"] for i, g in enumerate(self.optimizer.param_groups)}  # this step's
         with warnings.catch_warnings():  # torch warns when a skipped first step leaves the optimizer unstepped
             warnings.filterwarnings("ignore", message="Detected call of `lr_scheduler.step")
             self.scheduler.step()
-        values.update(self._schedule_metrics(w, n_valid / n_samples, skipped))
+        values.update(self._schedule_metrics(w, n_valid / n_samples, skipped, lrs))
         if report_groups is not None:
             self._report_first_step(values, report_groups)
         return values
@@ -209,7 +217,7 @@ class Trainer:
         out.update(_world_skill(out))
         return out
 
-    def _schedule_metrics(self, w, valid_ratio: torch.Tensor, skipped: bool) -> dict[str, float]:
+    def _schedule_metrics(self, w, valid_ratio: torch.Tensor, skipped: bool, lrs: dict[str, float]) -> dict[str, float]:
         ratio = float(valid_ratio)
         out = {
             "debug/sagr_schedule/phase": w.phase, "debug/sagr_schedule/alpha": w.alpha,
@@ -219,7 +227,6 @@ class Trainer:
             "debug/loss/valid_tk_ratio": ratio, "debug/temporal/valid_tk_ratio": ratio,
             "stability/step_skipped": float(skipped),
         }
-        lrs = {g.get("name", str(i)): g["lr"] for i, g in enumerate(self.optimizer.param_groups)}
         out.update({f"optim/lr/{name}": lr for name, lr in lrs.items()})
         out["optim/lr"] = lrs.get("base", next(iter(lrs.values())))
         return out
