@@ -34,6 +34,29 @@ def test_base_steps_are_uniform_within_a_dataset(mix):
     assert np.abs(counts - expected).max() < 5 * np.sqrt(expected)
 
 
+def test_chain_starts_are_uniform_where_the_chain_fits(dataset_root):
+    entries = [{"path": str(dataset_root("v3.0", None)), "weight": 1.0}]
+    mix = MixtureDataset(entries, "/", image_size=(64, 64), seed=3, length=8000, chain_length=2)
+    ds = mix.datasets[0]
+    starts: dict[int, list[int]] = {}
+    for i in range(0, len(mix), 2):
+        (_, first), (_, second) = mix.draw(i), mix.draw(i + 1)
+        episode, t0 = ds.locate(first)
+        assert ds.locate(second) == (episode, min(t0 + 7, ds.reader.episodes[episode].length - 1))
+        starts.setdefault(episode, []).append(t0)
+    lengths = [e.length for e in ds.reader.episodes]
+    for episode, t0s in starts.items():
+        fits = max(1, lengths[episode] - 7)  # starts 0 .. T-8: the second member is at most the last frame
+        counts = np.bincount(t0s, minlength=fits)
+        assert len(counts) == fits  # no start past the last one that fits
+        expected = len(t0s) / fits
+        # clamping a uniform step gave the last start 8 of the 20-frame episode's 20 equally likely steps
+        assert np.abs(counts - expected).max() < 5 * np.sqrt(expected) + 1, (episode, counts)
+    # episodes are drawn by length, as single samples are
+    share = np.array([len(starts.get(e, [])) for e in range(len(lengths))]) / (len(mix) // 2)
+    np.testing.assert_allclose(share, np.array(lengths) / sum(lengths), atol=0.03)
+
+
 def test_sampling_is_deterministic_given_seed_epoch_index(mix, dataset_root):
     first = [mix.draw(i) for i in range(50)]
     assert [mix.draw(i) for i in reversed(range(50))][::-1] == first  # order of access does not matter

@@ -160,10 +160,13 @@ class MixtureDataset(Dataset):
         step = int(rng.integers(len(ds)))
         if self.chain_length == 1:
             return d, step
-        episode, t0 = ds.locate(step)
+        # the episode as a single draw picks it (by length); the chain's start uniform over the
+        # steps where it fits (clamping a uniform step instead piles the draws of the last
+        # (L-1)k steps onto the one chain that ends at the episode's last frame)
+        episode, _ = ds.locate(step)
         length, k = ds.reader.episodes[episode].length, ds.embodiment.k
-        t0 = max(0, min(t0, length - 1 - (self.chain_length - 1) * k))
-        t = min(t0 + member * k, length - 1)
+        t0 = int(rng.integers(max(1, length - (self.chain_length - 1) * k)))
+        t = min(t0 + member * k, length - 1)  # an episode shorter than the chain repeats its last frame
         return d, int(ds.reader.episode_starts[episode]) + t
 
     def __getitem__(self, index: int | tuple[int, int]) -> dict:
