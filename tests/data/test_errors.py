@@ -83,6 +83,17 @@ def test_truncated_mp4(copy_of, embodiment, version):
             ds.sample(ep, ds.reader.episodes[ep].length - 1)
 
 
+def test_episodes_dropped_from_the_metadata_alone_are_not_read_from_a_stale_index(copy_of):
+    root = copy_of("v3.0", None)
+    LeRobotReader(root)  # writes .sagrflow/index.npz
+    path = next((root / "meta" / "episodes").rglob("*.parquet"))
+    table = pq.read_table(path)
+    pq.write_table(table.slice(1), path)  # episode 0 gone from the list; the data files unchanged
+    # the rows of every later episode moved: the index is rebuilt and the mismatch named, not read stale
+    with pytest.raises(DataError, match="rows for episode 1 hold episode_index 0"):
+        LeRobotReader(root)
+
+
 def test_modality_slice_out_of_range(copy_of):
     root = copy_of()
     _edit_json(root / "meta" / "modality.json", lambda d: d["state"]["gripper"].update(start=7, end=9))
@@ -97,6 +108,33 @@ def test_unknown_mix_and_robot_type(dataset_root):
         MixtureDataset([{"path": str(dataset_root()), "robot_type": "franka"}], "/")
     with pytest.raises(DataError, match=r"data_mix\[0\]: unknown keys \['weigth'\]"):
         MixtureDataset([{"path": "x", "weigth": 2}], "/")
+
+
+def test_a_mix_of_state_widths_is_refused_when_built(dataset_root, monkeypatch):
+    from dataclasses import replace
+
+    from sagrflow.data import embodiments
+
+    def franka7():  # libero_franka without its padding dim: 7 state dims against 8
+        e = get_embodiment("libero_franka")
+        return replace(e, robot_type="franka7", state_keys=tuple(k for k in e.state_keys if k != "state.pad"),
+                       normalization={k: v for k, v in e.normalization.items() if k != "state.pad"})
+
+    monkeypatch.setitem(embodiments._REGISTRY, "franka7", franka7)
+    mix = [{"path": str(dataset_root("v2.1", None)), "robot_type": "libero_franka"},
+           {"path": str(dataset_root("v2.1", None)), "robot_type": "franka7"}]
+    with pytest.raises(DataError, match="state dim 7 differs from the mix's first dataset's 8"):
+        MixtureDataset(mix, "/", image_size=(32, 32), include_state=True)
+    MixtureDataset(mix, "/", image_size=(32, 32), include_state=False)  # without state they batch
+
+
+def test_an_embodiment_without_state_keys_is_named(dataset_root, embodiment):
+    from dataclasses import replace
+
+    stateless = replace(embodiment, state_keys=(),
+                        normalization={k: v for k, v in embodiment.normalization.items() if k.startswith("action")})
+    with pytest.raises(DataError, match="declares no state keys"):
+        TemporalDataset(dataset_root("v2.1", None), stateless)
 
 
 def test_timestamp_outside_the_video(copy_of, embodiment):

@@ -105,3 +105,17 @@ def test_iterating_does_not_consume_the_global_torch_rng(cfg):
     torch.manual_seed(123)
     _take(loader, loader.batches_per_epoch + 2)  # starts two epochs
     assert torch.equal(torch.rand(3), expected)
+
+
+def test_tk_index_pairs_only_samples_under_the_same_instruction():
+    from sagrflow.core import batch as keys
+    from sagrflow.data.collate import tk_index
+
+    def sample(frame: int, lang: str) -> dict:
+        return {keys.EPISODE_INDEX: 0, keys.FRAME_INDEX: frame, keys.TEMPORAL_DELTA_K: 7, keys.VALID_TK: 1.0,
+                keys.LANG: lang}
+
+    # frame 7 is frame 0's t+k; where the task changes between them, the target pass (the t+k frame
+    # under the instruction at t) is not what the frame-7 sample encoded
+    assert tk_index([sample(0, "open the drawer"), sample(7, "open the drawer")]).tolist() == [1, -1]
+    assert tk_index([sample(0, "open the drawer"), sample(7, "put the bowl in")]).tolist() == [-1, -1]

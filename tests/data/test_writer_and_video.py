@@ -158,6 +158,10 @@ def test_files_share_one_decoder_and_interleaved_reads_stay_exact(dataset_root):
         got = cache.frames_at(reader.episodes[ep].videos[cams[cam]].path, [t / 10, 0.2])
         assert [decode_id_image(f) for f in got] == [(ep, t, cam), (ep, 2, cam)]
     assert len(cache._decoders) == 1
+    # only the decoder's owner keeps a decode position (a frame, a keyframe group's packets)
+    (decoder,) = cache._decoders._items.values()
+    holding = [r for r in cache._tables._items.values() if r._last_frame is not None or r._frames is not None]
+    assert holding == [decoder.owner]
 
 
 def test_b_frame_videos_fall_back_to_the_container_reader(tmp_path):

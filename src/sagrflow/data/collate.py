@@ -43,13 +43,15 @@ def _images(samples: Sequence[dict], key: str) -> torch.Tensor:  # -> (B, C, 3, 
 
 
 def tk_index(samples: Sequence[dict]) -> torch.Tensor:  # -> (B,) int64
-    """For each valid sample, the position of the sample whose t is its t+k (same dataset and episode)."""
-    where = {(s.get(keys.DATASET_INDEX, 0), s[keys.EPISODE_INDEX], s[keys.FRAME_INDEX]): j for j, s in enumerate(samples)}
-    out = [
-        where.get((s.get(keys.DATASET_INDEX, 0), s[keys.EPISODE_INDEX], s[keys.FRAME_INDEX] + s[keys.TEMPORAL_DELTA_K]), -1)
-        if s[keys.VALID_TK] else -1
-        for s in samples
-    ]
+    """For each valid sample, the position of the sample whose t is its t+k (same dataset and episode)
+    and whose instruction is its own: the target pass encodes the t+k frame with the instruction at t,
+    which differs from the t+k sample's where an episode's task changes on the way."""
+    def key(s: dict, frame: int) -> tuple:
+        return s.get(keys.DATASET_INDEX, 0), s[keys.EPISODE_INDEX], frame, s.get(keys.LANG)
+
+    where = {key(s, s[keys.FRAME_INDEX]): j for j, s in enumerate(samples)}
+    out = [where.get(key(s, s[keys.FRAME_INDEX] + s[keys.TEMPORAL_DELTA_K]), -1) if s[keys.VALID_TK] else -1
+           for s in samples]
     return torch.tensor(out, dtype=torch.int64)
 
 

@@ -92,6 +92,9 @@ class TemporalDataset(Dataset):
         where = meta.root / "meta" / "modality.json"
         modality = meta.modality or _default_modality(embodiment, meta.features, where)
         self.cameras = _resolve_cameras(embodiment.video_keys, modality, meta.features, where)
+        if not embodiment.state_keys:  # the state's statistics and normalizer assume a width of at least 1
+            raise DataError(where, f"embodiment {embodiment.robot_type!r} declares no state keys",
+                            "add one to its state_keys, even if include_state stays off")
         self.state_slices = _resolve_slices("state", embodiment.state_keys, modality, "observation.state", where)
         self.action_slices = _resolve_slices("action", embodiment.action_keys, modality, "action", where)
         for s in self.state_slices + self.action_slices:

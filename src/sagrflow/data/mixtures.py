@@ -129,6 +129,10 @@ class MixtureDataset(Dataset):
                                 "one batch needs one tensor shape; split the mix or align the embodiment configs")
             if ds.action.shape[1] != self.datasets[0].action.shape[1]:
                 raise DataError(entry.path, f"action dim {ds.action.shape[1]} differs from {self.datasets[0].action.shape[1]}")
+            if ds.include_state and ds.state.shape[1] != self.datasets[0].state.shape[1]:
+                raise DataError(entry.path, f"state dim {ds.state.shape[1]} differs from the mix's first dataset's "
+                                f"{self.datasets[0].state.shape[1]}", "one batch needs one state width; split the mix "
+                                "or turn datasets.vla_data.include_state off")
 
     def _share_normalizers(self) -> dict[str, dict[str, Normalizer]]:
         """One (state, action) normalizer per robot type, from the merged stats of its datasets."""

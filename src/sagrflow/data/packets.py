@@ -135,7 +135,10 @@ class SharedDecoder:
         self.reformatter = VideoReformatter()
         self.owner: object | None = None
 
-    def claim(self, owner: object) -> None:
+    def claim(self, owner: PacketReader) -> None:
+        previous = self.owner
+        if previous is not None and previous is not owner:
+            previous.release()  # only the owner can decode on: the others' state is dead weight
         self.codec.flush_buffers()
         self.owner = owner
 
@@ -165,6 +168,12 @@ class PacketReader(SeekingReader):
     @property
     def _reformatter(self):
         return self._decoder.reformatter
+
+    def release(self) -> None:
+        """Drop the decode position: the last frame and the keyframe group's packet bytes the paused
+        iterator holds. A worker keeps thousands of readers (their tables, ~33 bytes per frame);
+        only the shared decoder's owner holds more."""
+        self._init_position()
 
     def _iterator_alive(self) -> bool:
         return self._frames is not None and self._decoder is not None and self._decoder.owner is self

@@ -27,7 +27,7 @@ from sagrflow.data.lerobot.meta import DatasetMeta, EpisodeRef, load_meta
 from sagrflow.data.video import DecoderCache
 
 _NUMERIC = {"float32", "float64", "float16", "int64", "int32", "int16", "int8", "uint8", "bool"}
-_INDEX_VERSION = 1
+_INDEX_VERSION = 2
 
 
 def _column_to_numpy(col: pa.ChunkedArray, width: int, where: Path, key: str) -> np.ndarray:  # -> (rows, d)
@@ -64,10 +64,13 @@ class LeRobotReader:
 
     # ------------------------------------------------------------------ index
     def _compute_fingerprint(self) -> str:
-        """Changes whenever info.json or any data file (size, mtime) changes: keys the derived caches."""
+        """Changes whenever info.json, the episode metadata (which rows of which file) or any data file
+        (size, mtime) changes: keys the derived caches."""
         h = hashlib.sha1()
         h.update(f"{_INDEX_VERSION}".encode())
         h.update((self.root / "meta" / "info.json").read_bytes())
+        for e in self.meta.episodes:  # episodes dropped from meta/ alone shift every later row
+            h.update(f"{e.index}:{e.length}:{e.data_path.name}:{e.row_start};".encode())
         for path in sorted({e.data_path for e in self.meta.episodes}):
             st = path.stat() if path.exists() else None
             h.update(f"{path.name}:{st.st_size if st else -1}:{st.st_mtime_ns if st else -1}".encode())
@@ -80,7 +83,8 @@ class LeRobotReader:
         if cache is not None and cache.is_file():
             try:
                 with np.load(cache, allow_pickle=False) as z:
-                    if str(z["__fingerprint__"]) == fingerprint:
+                    rows = int(self.episode_starts[-1])
+                    if str(z["__fingerprint__"]) == fingerprint and all(len(z[k]) == rows for k in self.numeric_keys):
                         return {k: z[k] for k in self.numeric_keys}
             except (OSError, KeyError, ValueError):
                 pass  # unreadable or stale cache: rebuild below
