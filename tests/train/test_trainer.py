@@ -234,6 +234,13 @@ def test_resume_refuses_a_changed_model_or_parameter_groups(make_config):
         Trainer(make_config(**{"trainer.max_train_steps": 2, "trainer.freeze_modules": ["backbone"]}))
 
 
+def test_training_and_inference_image_sizes_must_agree(make_config):
+    from sagrflow.core.config import ConfigError
+
+    with pytest.raises(ConfigError, match=r"framework.backbone.image_size=\[112, 112\] but the data is resized to \[56, 56\]"):
+        Trainer(make_config(**{"datasets.vla_data.image_size": [56, 56], "framework.backbone.image_size": [112, 112]}))
+
+
 def test_an_accelerate_config_cannot_silently_change_accumulation(make_config, monkeypatch):
     from sagrflow.core.config import ConfigError
 

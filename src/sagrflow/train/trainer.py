@@ -125,6 +125,11 @@ class Trainer:
             if data_value != model_value:
                 raise ConfigError(f"framework.action_model.{name}={model_value} but the data has {data_value}: "
                                   f"set framework.action_model.{name}: {data_value}")
+        data_size, model_size = list(ds.embodiment.image_size), list(self.cfg.framework.backbone.image_size)
+        if data_size != model_size:  # predict_action resizes to the backbone's size
+            raise ConfigError(f"framework.backbone.image_size={model_size} but the data is resized to {data_size} "
+                              "(datasets.vla_data.image_size, else the embodiment's): inference would show the policy "
+                              "another size than it trained on; set both to one size")
 
     def _resume(self, path) -> None:
         acc = self.accelerator
