@@ -78,8 +78,8 @@ def test_overrides_use_yaml_typing():
 
 
 def test_resolved_config_round_trips(tmp_path):
-    cfg = load_config(None, {"trainer.learning_rate": 5e-5, "framework.backbone.layers": [0, 1]})
-    assert cfg.trainer.learning_rate == {"base": 5e-5}
+    cfg = load_config(None, {"trainer.learning_rate.backbone": 5e-5, "framework.backbone.layers": [0, 1]})
+    assert cfg.trainer.learning_rate["backbone"] == 5e-5
     assert load_config(save_config(cfg, tmp_path / "config.yaml")) == cfg
 
 
@@ -99,3 +99,9 @@ def test_cli_reports_a_typo_in_one_line(capsys):
 
 def test_an_infinite_rrr_threshold_means_never_replan():
     assert load_config(None, {"framework.action_model.rrr_threshold": "inf"}).framework.action_model.rrr_threshold == float("inf")
+
+
+def test_a_number_over_per_module_rates_says_what_it_replaces():
+    with pytest.warns(UserWarning, match=r"learning_rate 0.0002 replaces the whole mapping \{'base': 0.0003, 'backbone'"):
+        cfg = load_config(None, {"trainer.learning_rate": 2e-4})
+    assert cfg.trainer.learning_rate == {"base": 2e-4}  # the documented meaning stays

@@ -13,6 +13,7 @@ configs/tiny_cpu.yaml).
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -220,6 +221,11 @@ def apply_overrides(raw: Mapping[str, Any], overrides: Mapping[str, Any]) -> dic
             elif not isinstance(child, dict):
                 raise ConfigError(f"override --{dotted}: {'.'.join(parts[: j + 1])} is a value, not a section")
             node = child
+        old = node.get(parts[-1])
+        if isinstance(old, Mapping) and len(old) > 1 and not isinstance(value, Mapping):
+            # e.g. --trainer.learning_rate 2e-4 over {base, backbone}: one rate for every module
+            warnings.warn(f"override --{dotted} {value!r} replaces the whole mapping {dict(old)}; to set one "
+                          f"entry use --{dotted}.<key>", stacklevel=2)
         node[parts[-1]] = value
     return out
 
