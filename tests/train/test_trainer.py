@@ -299,3 +299,15 @@ def test_a_fresh_start_refuses_an_earlier_runs_directory(make_config):
     Trainer(make_config(**{"trainer.max_train_steps": 1})).fit()
     with pytest.raises(ConfigError, match="holds checkpoints of an earlier run"):
         Trainer(make_config(**{"trainer.max_train_steps": 2, "trainer.resume": "never"}))
+
+
+def test_a_rank_added_on_resume_is_told_it_has_no_saved_random_stream(make_config):
+    from sagrflow.train import checkpoint as ckpt
+
+    cfg = make_config(**{"trainer.max_train_steps": 1})
+    trainer = Trainer(cfg)
+    trainer.fit()
+    path, old = latest_checkpoint(cfg.run_dir), trainer.state
+    # resumed on 3 processes from a 1-process run: rank 0 restores its generator; ranks 1 and 2,
+    # told they have none, seed their own (Trainer._resume) instead of all keeping one shared seed
+    assert [ckpt.load_rank_state(path, rank, 3, old, 4, trainer.loader) for rank in (0, 1, 2)] == [True, False, False]

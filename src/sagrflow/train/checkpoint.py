@@ -219,16 +219,19 @@ def load_sharded_state(accelerator, path: Path) -> None:
 
 
 def load_rank_state(path: Path, rank: int, world_size: int, old: TrainState, per_device_batch_size: int,
-                    loader) -> None:
-    """RNG and data position of this rank; a changed world size maps the position by samples consumed."""
+                    loader) -> bool:
+    """RNG and data position of this rank; a changed world size maps the position by samples consumed.
+    -> whether the checkpoint held this rank's RNG (a rank added on resume has none)."""
     rng_file = path / f"rng_rank{rank}.pt"
-    if rng_file.is_file():
+    restored = rng_file.is_file()
+    if restored:
         set_rng_state(torch.load(rng_file, map_location="cpu", weights_only=False))
     pos = json.loads((path / f"loader_rank{min(rank, old.world_size - 1)}.json").read_text())
     if world_size != old.world_size or per_device_batch_size != old.per_device_batch_size:
         consumed = pos["batch"] * old.world_size * old.per_device_batch_size
         pos = {"epoch": pos["epoch"], "batch": consumed // (world_size * per_device_batch_size)}
     loader.load_state_dict(pos)
+    return restored
 
 
 def _sharded_optimizer(accelerator) -> bool:

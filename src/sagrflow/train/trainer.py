@@ -132,12 +132,16 @@ class Trainer:
                               "another size than it trained on; set both to one size")
 
     def _resume(self, path) -> None:
+        from accelerate.utils import set_seed
+
         acc = self.accelerator
         old = ckpt.load_train_state(path)
         self.state.step, self.state.skipped_steps, self.state.samples_seen = old.step, old.skipped_steps, old.samples_seen
         ckpt.load_sharded_state(acc, path)
-        ckpt.load_rank_state(path, acc.process_index, acc.num_processes, old, self.cfg.data.per_device_batch_size,
-                             self.loader)  # RNG last: nothing after it may draw
+        if not ckpt.load_rank_state(path, acc.process_index, acc.num_processes, old, self.cfg.data.per_device_batch_size,
+                                    self.loader):  # RNG last: nothing after it may draw
+            # a rank added on resume: its own stream, not the shared seed every new rank would hold
+            set_seed(self.cfg.trainer.seed + acc.process_index)
         self._last_saved = old.step
         self._reported = True  # the first-step report stays the first step's
         if acc.is_main_process:
