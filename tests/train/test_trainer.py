@@ -133,6 +133,16 @@ def test_nonfinite_step_is_skipped_and_training_continues(make_config, monkeypat
     assert all(torch.isfinite(v).all() for v in _weights(latest_checkpoint(cfg.run_dir)).values())
 
 
+def test_a_nonfinite_step_stops_a_run_whose_engine_steps_inside_backward(make_config, monkeypatch):
+    _poison(monkeypatch, lambda i: i == 1)
+    cfg = make_config(**{"trainer.max_train_steps": 4, "trainer.save_interval": 1})
+    trainer = Trainer(cfg)
+    trainer._steps_in_backward = True  # as under DeepSpeed (not installed here)
+    with pytest.raises(NonFiniteError, match="step 1: non-finite loss nan .* under DeepSpeed"):
+        trainer.fit()
+    assert latest_checkpoint(cfg.run_dir).name == "step_0000001"  # nothing saved after the bad step
+
+
 def test_too_many_nonfinite_steps_stop_the_run(make_config, monkeypatch):
     _poison(monkeypatch, lambda i: True)
     cfg = make_config(**{"trainer.max_train_steps": 5, "trainer.max_consecutive_skips": 2})

@@ -80,6 +80,8 @@ class Trainer:
         if acc.state.deepspeed_plugin is not None:  # DeepSpeed reads it from a prepared dataloader, which we keep
             acc.state.deepspeed_plugin.deepspeed_config["train_micro_batch_size_per_gpu"] = cfg.data.per_device_batch_size
         self.model, self.optimizer = acc.prepare(self.policy, optimizer)
+        # DeepSpeed's engine clips and steps inside `accelerator.backward`: a non-finite step cannot be skipped
+        self._steps_in_backward = acc.state.deepspeed_plugin is not None
         self.base_weights = cfg.framework.action_model.loss_weights
         self.timer = VlmPassTimer(self.policy.backbone)
         self._last_saved = -1
@@ -177,6 +179,12 @@ class Trainer:
         # under DeepSpeed the engine owns clipping and reports no norm before its step: loss only
         norm_ok = grad_norm is None or _finite(values["optim/grad_norm"])
         skipped = not (_finite(values["loss/total"]) and norm_ok)
+        if skipped and self._steps_in_backward:  # every rank holds the same reduced values: all raise
+            raise NonFiniteError(
+                f"step {self.state.step}: non-finite loss {values['loss/total']:.4g} or grad norm "
+                f"{values['optim/grad_norm']:.4g} under DeepSpeed, whose engine steps inside backward "
+                "(accelerate), before a step can be skipped: stopped; resume from the last checkpoint, and "
+                "rerun with --trainer.detect_anomaly true to find the first non-finite tensor")
         if not skipped:
             self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
