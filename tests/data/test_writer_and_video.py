@@ -150,7 +150,9 @@ def test_packet_reader_matches_the_container_reader_pixel_for_pixel(dataset_root
     assert decode_id_image(packets.frames_at([start])[0])[:2] == (e.index, 0)  # the drained decoder is usable again
 
 
-def test_files_share_one_decoder_and_interleaved_reads_stay_exact(dataset_root):
+def test_files_share_one_decoder_and_interleaved_reads_stay_exact(dataset_root, monkeypatch):
+    from sagrflow.data import packets
+
     reader = LeRobotReader(dataset_root("v2.1", "av1"))
     cache = DecoderCache("pyav")
     cams = ["observation.images.image", "observation.images.wrist_image"]
@@ -158,10 +160,16 @@ def test_files_share_one_decoder_and_interleaved_reads_stay_exact(dataset_root):
         got = cache.frames_at(reader.episodes[ep].videos[cams[cam]].path, [t / 10, 0.2])
         assert [decode_id_image(f) for f in got] == [(ep, t, cam), (ep, 2, cam)]
     assert len(cache._decoders) == 1
-    # only the decoder's owner keeps a decode position (a frame, a keyframe group's packets)
+    # only the decoder's owner keeps a decode iterator (a keyframe group's packets), and only it and its
+    # KEEP_LAST_FRAMES predecessors a decoded frame
     (decoder,) = cache._decoders._items.values()
-    holding = [r for r in cache._tables._items.values() if r._last_frame is not None or r._frames is not None]
-    assert holding == [decoder.owner]
+    readers = list(cache._tables._items.values())
+    assert [r for r in readers if r._frames is not None] == [decoder.owner]
+    monkeypatch.setattr(packets, "KEEP_LAST_FRAMES", 1)
+    for ep, cam, t in [(1, 0, 0), (3, 1, 1), (4, 0, 2)]:
+        cache.frames_at(reader.episodes[ep].videos[cams[cam]].path, [t / 10])
+    readers = list(cache._tables._items.values())
+    assert len(readers) > 2 and len([r for r in readers if r._last_frame is not None]) == 2
 
 
 def test_b_frame_videos_fall_back_to_the_container_reader(tmp_path):

@@ -116,6 +116,11 @@ def test_a_calm_check_keeps_the_issued_chunks_memory_and_a_replan_replaces_it(ti
     no_check = predict(policy, [dict(observation(3), episode_id="e")], seed=1)
     np.testing.assert_array_equal(after_check["rrr"], no_check["rrr"])
     np.testing.assert_array_equal(after_check["actions"], no_check["actions"])
+    # a check with nothing remembered (the running chunk is not this policy's) is dropped: still nothing
+    policy.reset("e")
+    predict(policy, [dict(observation(2), episode_id="e", check=True)])
+    assert "e" not in policy._memory
+    predict(policy, [dict(observation(0), episode_id="e")])
     # a check that replans issues its chunk: its prediction is remembered
     policy.config.action_model.rrr_threshold = 0.0
     replanned = predict(policy, [dict(observation(5), episode_id="e", check=True)])

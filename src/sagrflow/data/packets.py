@@ -21,6 +21,7 @@ from __future__ import annotations
 import hashlib
 import io
 import os
+from collections import deque
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -79,6 +80,9 @@ def read_packet_table(path: Path) -> PacketTable | None:
 
 
 _TABLE_VERSION = 1
+# readers besides a shared decoder's owner that keep their last decoded frame: the cameras of an
+# episode alternate on one decoder, and a chain's next sample asks for the frames its t+k read
+KEEP_LAST_FRAMES = 8
 
 
 def cached_packet_table(path: Path, cache_dir: Path | None) -> PacketTable | None:
@@ -133,12 +137,18 @@ class SharedDecoder:
         self.codec.thread_count = 1  # DataLoader workers are the parallelism
         self.codec.open()
         self.reformatter = VideoReformatter()
-        self.owner: object | None = None
+        self.owner: PacketReader | None = None
+        self._recent: deque[PacketReader] = deque()  # readers that owned it last, newest last
 
     def claim(self, owner: PacketReader) -> None:
         previous = self.owner
         if previous is not None and previous is not owner:
-            previous.release()  # only the owner can decode on: the others' state is dead weight
+            previous.suspend()  # only the owner can decode on: its iterator (packet bytes) goes
+            self._recent.append(previous)  # its last frame stays while it is among the recent few
+        if owner in self._recent:
+            self._recent.remove(owner)
+        while len(self._recent) > KEEP_LAST_FRAMES:
+            self._recent.popleft().release()
         self.codec.flush_buffers()
         self.owner = owner
 
@@ -169,10 +179,14 @@ class PacketReader(SeekingReader):
     def _reformatter(self):
         return self._decoder.reformatter
 
+    def suspend(self) -> None:
+        """Another reader took the shared decoder: drop the paused iterator (it holds a keyframe
+        group's packet bytes); keep the last frame, which the next sample of a chain often asks for."""
+        self._frames = None
+
     def release(self) -> None:
-        """Drop the decode position: the last frame and the keyframe group's packet bytes the paused
-        iterator holds. A worker keeps thousands of readers (their tables, ~33 bytes per frame);
-        only the shared decoder's owner holds more."""
+        """Drop the last frame too. A worker keeps thousands of readers (their tables, ~33 bytes per
+        frame); only the shared decoder's owner and its KEEP_LAST_FRAMES predecessors hold more."""
         self._init_position()
 
     def _iterator_alive(self) -> bool:

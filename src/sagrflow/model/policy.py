@@ -349,8 +349,8 @@ class SAGRPolicy(nn.Module):
         noisy = am.world_action_source == "noisy"
         pred_next = self.head.predict_next(enc.task_tokens, x, state, temb_end if noisy else None)
         replan = (rrr > am.rrr_threshold).cpu().numpy()
-        for i, (k, m, o) in enumerate(zip(keys, prev, observations, strict=True)):
-            if m is None or replan[i] or not o.get("check", False):  # a kept chunk keeps its prediction
+        for i, (k, o) in enumerate(zip(keys, observations, strict=True)):
+            if replan[i] or not o.get("check", False):  # a kept chunk keeps its prediction (or none)
                 self._memory[k] = _Memory(enc.task_tokens[i].clone(), pred_next[i].clone())
         actions = x if self.action_normalizer is None else self.action_normalizer.unnormalize(x.double())
         return {

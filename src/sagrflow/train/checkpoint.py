@@ -161,16 +161,18 @@ def load_train_state(path: Path) -> TrainState:
     return TrainState(**json.loads((path / "trainer_state.json").read_text()))
 
 
-_GROUP_SETTINGS = ("initial_lr", "weight_decay", "betas", "eps")  # what the run's config sets per group
+# what this run's config (and device) sets per group; a checkpoint brings the moments and step counts
+_GROUP_SETTINGS = ("initial_lr", "weight_decay", "betas", "eps", "fused", "foreach")
+
+
+def group_settings(optimizer) -> list[dict]:
+    """This run's per-group settings, read before a checkpoint's optimizer state replaces them."""
+    return [{k: g[k] for k in _GROUP_SETTINGS if k in g} for g in optimizer.param_groups]
 
 
 def load_optimizer_state(accelerator, path: Path, optimizer, scheduler) -> None:
     """Before `prepare` for plain optimizers; the sharded (DeepSpeed/FSDP) state loads after it.
-
-    The moments and the step count come from the checkpoint; the settings (learning rates, weight
-    decay, Adam's betas and eps) stay this run's, so a rate changed on resume is the rate trained
-    with, and the one its config.yaml records. The current rate is this run's schedule at the step."""
-    settings = [{k: g[k] for k in _GROUP_SETTINGS if k in g} for g in optimizer.param_groups]
+    Then `apply_settings`: the state brings the old run's settings along."""
     if (path / "optimizer.pt").is_file():
         state = torch.load(path / "optimizer.pt", map_location="cpu", weights_only=False)
         try:
@@ -179,9 +181,15 @@ def load_optimizer_state(accelerator, path: Path, optimizer, scheduler) -> None:
             raise ConfigError(f"{path / 'optimizer.pt'} does not fit this run's parameter groups ({exc}): "
                               "trainer.freeze_modules, trainer.learning_rate paths or trainer.weight_decay "
                               "(0 has no decay groups) changed since it was saved") from exc
-        for group, mine in zip(optimizer.param_groups, settings, strict=True):
-            group.update(mine)
     scheduler.load_state_dict(torch.load(path / "scheduler.pt", map_location="cpu", weights_only=False))
+
+
+def apply_settings(optimizer, scheduler, settings: list[dict]) -> None:
+    """After every load: the moments and the step count stay the checkpoint's, the settings (rates,
+    weight decay, Adam's betas and eps) become this run's again, so a rate changed on resume is the
+    rate trained with and the one config.yaml records; the current rate is this run's schedule at the step."""
+    for group, mine in zip(optimizer.param_groups, settings, strict=True):
+        group.update(mine)
     scheduler.base_lrs = [g["initial_lr"] for g in optimizer.param_groups]
     for group, base, factor in zip(optimizer.param_groups, scheduler.base_lrs, scheduler.lr_lambdas, strict=True):
         group["lr"] = base * factor(scheduler.last_epoch)

@@ -75,6 +75,7 @@ class Trainer:
         self.scheduler = build_scheduler(optimizer, t)
         self.state = ckpt.TrainState(world_size=acc.num_processes, per_device_batch_size=cfg.data.per_device_batch_size,
                                      gradient_accumulation_steps=self.gas)
+        settings = ckpt.group_settings(optimizer)  # this run's, before a checkpoint's state replaces them
         if resume_from is not None:
             ckpt.load_optimizer_state(acc, resume_from, optimizer, self.scheduler)
         if acc.state.deepspeed_plugin is not None:  # DeepSpeed reads it from a prepared dataloader, which we keep
@@ -90,6 +91,7 @@ class Trainer:
         self._stop_requested = False  # set by SIGTERM (preemption); every rank stops after the same step
         if resume_from is not None:
             self._resume(resume_from)
+            ckpt.apply_settings(self.optimizer, self.scheduler, settings)
         else:
             set_seed(t.seed + acc.process_index)  # each rank draws its own noise and flow times
             if acc.is_main_process:  # a start that crashed before its first checkpoint left records
