@@ -36,7 +36,7 @@ class DemoConfig:
     # what the VLM sees: 16x16 patches of 14 -> 8x8 tokens per camera. At 112 (4x4 tokens) and 3000
     # steps six SA-GR runs scored 0-2 of 40; at 224 and 2000 steps six scored 2-3, in about the same
     # time (benchmarks/readout_probe.py: a regression on those tokens, 8 of 40 at 112, 23 at 224).
-    # Both with 2 noise/time draws per sample; the tiny default's 8 gave 17-26 of 100 at 224 (README)
+    # Both with 2 noise/time draws per sample; the tiny default's 8 gave 17-35 of 100 at 224 (README)
     model_image_size: int = 224
     train_steps: int = 2000  # 12-14 minutes on 2 idle cores (2.4-2.8 steps/s at 224, R = 8)
     batch_size: int = 16

@@ -26,7 +26,7 @@ On the sim's goal suite, probes trained as plain regressions for 2000 steps at b
 scored closed-loop on 40 episodes (benchmarks/readout_probe.py) put numbers on these
 choices: the last layer, 4x4 tokens per camera: 0/40; the vision tower's tokens: 8/40; and
 at 8x8 tokens: 23/40. The flow-matching policy built on the same summary, trained the same
-way, scored 1 to 3 of 40 with 2 noise/time draws per sample and 17 to 26 of 100 with 8: the rest of
+way, scored 1 to 3 of 40 with 2 noise/time draws per sample and 17 to 35 of 100 with 8: the rest of
 the gap is in how much the flow objective learns per step, not in what the summary carries.
 
 The result joins the time embedding in the DiT's AdaLN, whose modulations start at zero:
