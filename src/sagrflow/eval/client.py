@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 
 from sagrflow.eval import msgpack_numpy
-from sagrflow.eval.policies import CAMERAS, Chunk, Episode, model_input
+from sagrflow.eval.policies import CAMERAS, Chunk, Episode, model_inputs
 
 
 class RemoteError(RuntimeError):
@@ -121,9 +121,7 @@ class RemotePolicy:
 
     def act(self, observations: Sequence[dict], slots: Sequence[int],
             checks: Sequence[bool] | None = None) -> list[Chunk]:
-        checks = checks or [False] * len(slots)
-        examples = [model_input(obs, self._episodes[s], self.cameras, check)
-                    for obs, s, check in zip(observations, slots, checks, strict=True)]
+        examples = model_inputs(observations, [self._episodes[s] for s in slots], self.cameras, checks)
         data = self.client.infer(examples, self.num_steps)
         return [Chunk(np.asarray(data["actions"][i], np.float32), bool(data["replan"][i]), float(data["rrr"][i]))
                 for i in range(len(examples))]

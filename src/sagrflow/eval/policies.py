@@ -59,13 +59,17 @@ class Policy(Protocol):
             checks: Sequence[bool] | None = None) -> list[Chunk]: ...
 
 
-def model_input(obs: dict, episode: Episode, cameras: Sequence[str], check: bool) -> dict:
-    """An environment observation -> one `predict_action` observation (the server's example)."""
-    missing = [k for k in cameras if k not in obs]
-    if missing:
-        raise ValueError(f"observation lacks cameras {missing}; it has {sorted(obs)}")
-    return {"image": [obs[k] for k in cameras], "lang": episode.instruction, "state": obs.get("state"),
-            "episode_id": episode.key, "check": check}
+def model_inputs(observations: Sequence[dict], episodes: Sequence[Episode], cameras: Sequence[str],
+                 checks: Sequence[bool] | None) -> list[dict]:
+    """Environment observations of the slots asked -> `predict_action` observations (the server's examples)."""
+    out = []
+    for obs, episode, check in zip(observations, episodes, checks or [False] * len(episodes), strict=True):
+        missing = [k for k in cameras if k not in obs]
+        if missing:
+            raise ValueError(f"observation lacks cameras {missing}; it has {sorted(obs)}")
+        out.append({"image": [obs[k] for k in cameras], "lang": episode.instruction, "state": obs.get("state"),
+                    "episode_id": episode.key, "check": check})
+    return out
 
 
 # ---------------------------------------------------------------------- baselines
@@ -156,9 +160,7 @@ class SAGRAdapter:
 
     def act(self, observations: Sequence[dict], slots: Sequence[int],
             checks: Sequence[bool] | None = None) -> list[Chunk]:
-        checks = checks or [False] * len(slots)
-        batch = [model_input(obs, self._episodes[slot], self.cameras, check)
-                 for obs, slot, check in zip(observations, slots, checks, strict=True)]
+        batch = model_inputs(observations, [self._episodes[s] for s in slots], self.cameras, checks)
         out = self.policy.predict_action(batch, num_steps=self.num_steps, seed=self.seed)
         return [Chunk(out["actions"][i].astype(np.float32), bool(out["replan"][i]), float(out["rrr"][i]))
                 for i in range(len(batch))]

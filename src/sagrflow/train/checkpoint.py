@@ -54,9 +54,13 @@ def complete_checkpoints(run_dir: str | Path) -> list[Path]:
     root = checkpoints_root(run_dir)
     if not root.is_dir():
         return []
-    found = [(int(m.group(1)), p) for p in root.iterdir()
-             if (m := _STEP_RE.match(p.name)) and (p / COMPLETE).is_file()]
-    return [p for _, p in sorted(found)]
+    found = [p for p in root.iterdir() if _STEP_RE.match(p.name) and (p / COMPLETE).is_file()]
+    return sorted(found, key=checkpoint_step)
+
+
+def checkpoint_step(path: Path) -> int:
+    """step_XXXXXXX -> XXXXXXX, the optimizer steps it holds."""
+    return int(_STEP_RE.match(path.name).group(1))
 
 
 def latest_checkpoint(run_dir: str | Path) -> Path | None:
@@ -211,7 +215,7 @@ def set_aside_later(run_dir: Path, step: int) -> list[Path]:
     """Move the complete checkpoints of `run_dir` later than `step` (a run resumed from an older
     one abandons them) into `checkpoints/abandoned_after_step_<step>_<time>/`: kept, but no longer
     seen by `latest_checkpoint` or `save_total_limit`. -> their new paths."""
-    later = [p for p in complete_checkpoints(run_dir) if int(_STEP_RE.match(p.name).group(1)) > step]
+    later = [p for p in complete_checkpoints(run_dir) if checkpoint_step(p) > step]
     if not later:
         return []
     dest = checkpoints_root(run_dir) / f"abandoned_after_step_{step:07d}_{time.strftime('%Y%m%d-%H%M%S')}"

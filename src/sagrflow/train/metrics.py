@@ -113,10 +113,9 @@ class MetricsLogger:
         self.sinks = []
 
 
-def _records(path: Path) -> list[tuple[str, dict]]:
-    """(line, record) of each record of a metrics.jsonl. A last line that does not parse is a record
-    cut short (the process died mid-write) and is left out; any other such line is an error."""
-    lines = path.read_text().splitlines()
+def _records(path: Path, lines: list[str]) -> list[tuple[str, dict]]:
+    """(line, record) of each record of a metrics.jsonl's lines. A last line that does not parse is a
+    record cut short (the process died mid-write) and is left out; any other such line is an error."""
     out = []
     for i, line in enumerate(lines):
         if not line.strip():
@@ -135,14 +134,14 @@ def truncate_metrics(path: str | Path, step: int) -> int:
     path = Path(path)
     if not path.is_file():
         return 0
-    total = len(path.read_text().splitlines())
-    keep = [line for line, row in _records(path) if row["step"] < step]
+    lines = path.read_text().splitlines()
+    keep = [line for line, row in _records(path, lines) if row["step"] < step]
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_text("".join(line + "\n" for line in keep))
     tmp.replace(path)
-    return total - len(keep)
+    return len(lines) - len(keep)
 
 
 def read_metrics(path: str | Path) -> list[dict]:
     """The records of a metrics.jsonl, non-finite values back as floats."""
-    return [{k: float(v) if isinstance(v, str) else v for k, v in row.items()} for _, row in _records(Path(path))]
+    return [{k: float(v) if isinstance(v, str) else v for k, v in row.items()} for _, row in _records(Path(path), Path(path).read_text().splitlines())]
