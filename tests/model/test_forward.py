@@ -253,7 +253,7 @@ def test_target_pass_runs_only_valid_pairs_and_reuses_tk_index(policy):
     plain = dataclasses.replace(batch, image_tk=image_tk)
     linked = dataclasses.replace(plain, tk_index=torch.tensor([2, -1, -1]))
     rows = []
-    hook = policy.backbone.vlm.register_forward_hook(lambda m, args, kw, o: rows.append(kw["input_ids"].shape[0]),
+    hook = policy.backbone.vlm.register_forward_hook(lambda m, args, kw, o: rows.append(o.last_hidden_state.shape[0]),
                                                      with_kwargs=True)
     try:
         a = seeded_forward(policy, plain)
@@ -285,7 +285,7 @@ def test_fused_target_pass_equals_the_separate_one(tiny_dirs, arch):
     assert not appended.requires_grad
     torch.testing.assert_close(appended, alone, atol=1e-5, rtol=1e-4)
     calls = []
-    hook = fused.backbone.vlm.register_forward_hook(lambda m, args, kw, o: calls.append(kw["input_ids"].shape[0]),
+    hook = fused.backbone.vlm.register_forward_hook(lambda m, args, kw, o: calls.append(o.last_hidden_state.shape[0]),
                                                     with_kwargs=True)
     try:
         out_f, total_f, grads_f = loss_and_grads(fused, batch)
@@ -330,3 +330,24 @@ def test_token_change_is_the_loss_dyn_of_predicting_no_change(tiny_dir):
         torch.testing.assert_close(out["token_change"], out["loss_dyn"].detach())
         assert ((out["token_change"] > 0) == (torch.tensor(valid) > 0)).all()
     assert torch.equal(policy(make_batch(), fm_only=True)["token_change"], torch.zeros(B))
+
+
+@pytest.mark.parametrize("target_pass", ["separate", "fused"])
+def test_training_step_reads_back_only_the_target_plan(tiny_dir, monkeypatch, target_pass):
+    """On the meta device any read of device data raises. Given its target plan (the forward's one
+    host read of the batch's bookkeeping), the whole step, fm-only and SA-GR, forward and backward,
+    runs there: nothing else in it makes the host wait for the GPU."""
+    import sagrflow.model.policy as policy_module
+    from sagrflow.model.targets import target_plan
+
+    policy = build_policy(tiny_dir, target_pass=target_pass).to("meta")
+    batch = make_batch()
+    plan = target_plan(batch, batch.valid_tk.float(), list(batch.lang))
+    monkeypatch.setattr(policy_module, "target_plan", lambda *args, **kwargs: plan)
+    batch = batch.to("meta")
+    for fm_only in (True, False):
+        policy.zero_grad(set_to_none=True)
+        out = policy(batch, fm_only=fm_only)
+        reduce_losses(out, policy.config.action_model.loss_weights)[0].backward()
+        assert all(out[k].shape == (B,) for k in TERMS)
+        assert any(p.grad is not None for p in policy.head.world.parameters()) != fm_only

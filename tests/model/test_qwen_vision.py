@@ -198,3 +198,44 @@ def test_tower_inputs_stay_on_the_device_between_calls(tiny_dirs, arch):
     assert sum(_Lengths.of(first["image_cu_seqlens"])) == first["image_position_ids"].shape[0]  # no read-back
     on_cpu = host_position_inputs(backbone.vlm, inputs, torch.device("cpu"))
     assert all(not on_cpu[k].is_meta for k in tower)
+
+
+@pytest.mark.parametrize("arch", ["qwen2_5_vl", "qwen3_vl", "llava"])
+def test_backbone_equals_the_models_own_call_with_its_mask(tiny_dirs, arch):
+    """The backbone calls the LLM without an attention mask (right padding, causal attention) and, for
+    Qwen2.5-VL, with the image features copied in by a host index instead of masked_scatter. Every
+    layer's real tokens, and the gradients a loss on them gives every parameter, equal the model's
+    own call on the processor-style inputs (input_ids, pixel_values, attention_mask)."""
+    torch.manual_seed(0)
+    backbone = VLMBackbone.from_pretrained(tiny_dirs[arch])
+    images = torch.randint(0, 256, (3, 2, 3, 56, 56), generator=torch.Generator().manual_seed(3), dtype=torch.uint8)
+    lang = ["pick up the red cup", "go", "open the top drawer of the cabinet"]  # padded rows
+    inputs = backbone.prepare_inputs(images, lang)
+    inputs.pop("visual_pos")
+    mask = inputs["attention_mask"].bool()
+    weight = torch.randn(*mask.shape, backbone.hidden_size, generator=torch.Generator().manual_seed(4))
+    results = []
+    for call in (lambda: backbone.vlm(**inputs, output_hidden_states=True, use_cache=False).hidden_states,
+                 lambda: backbone(images, lang).hidden_states):
+        backbone.zero_grad(set_to_none=True)
+        hidden = call()
+        sum(((h * weight)[mask]).sum() for h in hidden[1:]).backward()
+        grads = {n: p.grad.clone() for n, p in backbone.named_parameters() if p.grad is not None}
+        results.append(([h[mask].detach() for h in hidden], grads))
+    (own, own_grads), (ours, our_grads) = results
+    for a, b in zip(own, ours, strict=True):
+        torch.testing.assert_close(b, a, atol=1e-5, rtol=1e-4)
+    assert own_grads.keys() == our_grads.keys() and len(own_grads) > 20
+    for name, g in own_grads.items():
+        torch.testing.assert_close(our_grads[name], g, atol=1e-4, rtol=1e-3, msg=name)
+
+
+def test_qwen2_5_vl_pass_reads_nothing_back_from_the_device(tiny_dirs):
+    """On the meta device a tensor has no data, so any read-back (a count check, masked_scatter's
+    backward, a mask test) raises: the Qwen2.5-VL pass, forward and backward, runs without one,
+    and so never makes the host wait for the GPU."""
+    backbone = VLMBackbone.from_pretrained(tiny_dirs["qwen2_5_vl"]).to("meta")
+    images = torch.zeros(2, 2, 3, 56, 56, dtype=torch.uint8, device="meta")
+    out = backbone(images, ["pick up the red cup", "open the top drawer of the cabinet"])
+    sum(h.float().sum() for h in out.hidden_states).backward()
+    assert all(p.grad is not None for p in backbone.vlm.language_model.parameters())

@@ -26,7 +26,7 @@ def vlm_rows(policy):
     """Rows of each VLM call made while the returned list is alive: (list, hook handle)."""
     rows = []
     hook = policy.backbone.vlm.register_forward_hook(
-        lambda m, args, kw, o: rows.append(kw["input_ids"].shape[0]), with_kwargs=True)
+        lambda m, args, kw, o: rows.append(o.last_hidden_state.shape[0]), with_kwargs=True)
     return rows, hook
 
 

@@ -9,7 +9,9 @@ asks for `all_layers=False`: no per-layer capture hooks, no per-layer tensors ke
 
 Prompts are built here rather than by the architecture's combined `Processor`: in
 transformers 5 the Qwen processors require a video processor, which needs torchvision.
-The placeholder expansion below is the one those processors perform.
+The placeholder expansion below is the one those processors perform. The prompts are
+right-padded and the LLM runs without an attention mask, so a real token's output is the
+same as under the model's own masked call (tests/model/test_qwen_vision.py).
 
 Legend: B batch, C cameras, N = B*C images, L sequence, D VLM hidden size.
 """
@@ -27,7 +29,7 @@ from torch import nn
 
 from sagrflow.core.memo import Memo
 from sagrflow.model.pixels import qwen_pixels
-from sagrflow.model.qwen_vision import batch_segments, host_position_inputs
+from sagrflow.model.qwen_vision import batch_segments, embedded_inputs, host_position_inputs
 
 ARCHS = ("qwen2_5_vl", "qwen3_vl", "llava")
 TINY_PREFIX = "tiny:"
@@ -216,11 +218,16 @@ class VLMBackbone(nn.Module):
         visual = (cpu_inputs["input_ids"] == self.image_token_id) & attention
         visual_pos = torch.zeros(*visual.shape, 3)
         visual_pos[visual] = positions
-        inputs = {k: v.to(device, non_blocking=True) for k, v in cpu_inputs.items()}
+        # no attention mask: the prompts are right-padded, so under causal attention no real token sees a
+        # pad, and the LLM runs plain causal attention (transformers' mask helper reads the mask back to
+        # decide whether it may skip it). A pad's own output is finite and read by nothing
+        inputs = {k: v.to(device, non_blocking=True) for k, v in cpu_inputs.items() if k != "attention_mask"}
         if self.arch != "llava":  # positions from the host copies, not from per-sample loops on the device
             inputs.update(host_position_inputs(self.vlm, cpu_inputs, device))
         if "pixel_values" in inputs:
             inputs["pixel_values"] = inputs["pixel_values"].to(self.vlm.dtype)
+        if self.arch == "qwen2_5_vl":  # image features placed by a host index, not by masked_scatter
+            inputs = embedded_inputs(self.vlm, inputs, cpu_inputs["image_grid_thw"], visual)
         out = self.vlm(**inputs, output_hidden_states=all_layers, use_cache=False, return_dict=True)
         attention, visual = (m.to(device, non_blocking=True) for m in (attention, visual))
         return BackboneOutput(

@@ -16,6 +16,11 @@ the host sets the step time. Here:
     the tower's positions per set of image grids (a fixed camera setup has one per row count;
     kept on the device, so they are not copied again), the LLM's per row layout (token types
     and grids; a dataset has a few prompt lengths);
+  - `embedded_inputs` (Qwen2.5-VL) hands the LLM its input embeddings with the tower's
+    outputs already in place, copied in at host-known token indices. transformers' own
+    `masked_scatter` path checks the image-token count against the features (a read-back in
+    forward) and its backward selects by mask (a read-back in backward); each makes the host
+    wait for every kernel queued before it;
   - `batch_segments` gives each vision attention module a forward that sends all pieces
     through one `scaled_dot_product_attention`: a view when they share one length (a fixed
     image size), otherwise padded to the longest with the padding keys masked. Queries
@@ -92,6 +97,28 @@ def host_position_inputs(model: nn.Module, inputs: dict[str, torch.Tensor],
         _Lengths.remember(moved[key], pieces)
     return {"position_ids": llm_positions(model, inputs).to(device, non_blocking=True),
             **{f"image_{k}": v for k, v in moved.items()}}
+
+
+def embedded_inputs(model: nn.Module, inputs: dict[str, torch.Tensor], grid_thw: torch.Tensor,
+                    visual: torch.Tensor) -> dict[str, torch.Tensor]:
+    """A Qwen2.5-VL model, its device keyword inputs (input_ids (B, L), pixel_values, position_ids and
+    the tower's `image_*` inputs from `host_position_inputs`), the host grids (N, 3) and the host mask
+    of the image tokens (B, L) -> {"inputs_embeds" (B, L, D), "position_ids"}: the token embeddings
+    with the tower's merged outputs copied in at the image tokens, in prompt order, as transformers'
+    `masked_scatter` places them, by an index made on the host, so nothing is read back from the device
+    in forward or backward (the gradient of a copy by index is a gather by the same index)."""
+    embeds = model.get_input_embeddings()(inputs["input_ids"])  # (B, L, D)
+    tower = {k: v for k, v in inputs.items() if k.startswith("image_") and k != "image_grid_thw"}
+    # host grids: the features are split on the host, not after a read-back of the device copy
+    pieces = model.get_image_features(inputs["pixel_values"], grid_thw, return_dict=True, **tower).pooler_output
+    features = torch.cat(list(pieces)).to(embeds.dtype)  # (V, D) all images' tokens, in order
+    where = visual.flatten().nonzero().squeeze(1)  # (V,) flat positions of the image tokens, on the host
+    if where.numel() != features.shape[0]:
+        raise ValueError(f"{where.numel()} image tokens in the prompts but the tower made {features.shape[0]} features")
+    b, length, d = embeds.shape
+    where = where.to(embeds.device, non_blocking=True)
+    return {"inputs_embeds": embeds.reshape(b * length, d).index_copy(0, where, features).view(b, length, d),
+            "position_ids": inputs["position_ids"]}
 
 
 def _tower_on(visual: nn.Module, grid_thw: torch.Tensor, device: torch.device
