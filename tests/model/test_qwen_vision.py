@@ -205,7 +205,8 @@ def test_backbone_equals_the_models_own_call_with_its_mask(tiny_dirs, arch):
     """The backbone calls the LLM without an attention mask (right padding, causal attention) and, for
     Qwen2.5-VL, with the image features copied in by a host index instead of masked_scatter. Every
     layer's real tokens, and the gradients a loss on them gives every parameter, equal the model's
-    own call on the processor-style inputs (input_ids, pixel_values, attention_mask)."""
+    own call on the processor-style inputs (input_ids, pixel_values, attention_mask), the input
+    embeddings (hidden state 0, read by the observation summary) included."""
     torch.manual_seed(0)
     backbone = VLMBackbone.from_pretrained(tiny_dirs[arch])
     images = torch.randint(0, 256, (3, 2, 3, 56, 56), generator=torch.Generator().manual_seed(3), dtype=torch.uint8)
@@ -219,7 +220,7 @@ def test_backbone_equals_the_models_own_call_with_its_mask(tiny_dirs, arch):
                  lambda: backbone(images, lang).hidden_states):
         backbone.zero_grad(set_to_none=True)
         hidden = call()
-        sum(((h * weight)[mask]).sum() for h in hidden[1:]).backward()
+        sum(((h * weight)[mask]).sum() for h in hidden).backward()  # [0]: the embeddings, images placed
         grads = {n: p.grad.clone() for n, p in backbone.named_parameters() if p.grad is not None}
         results.append(([h[mask].detach() for h in hidden], grads))
     (own, own_grads), (ours, our_grads) = results
