@@ -154,6 +154,20 @@ def test_predict_action_validates_observations(policy):
         policy.predict_action([{"lang": "x", "state": np.zeros(S)}])
 
 
+def test_predict_action_refuses_another_camera_count(tiny_dir):
+    policy = build_policy(tiny_dir).eval()
+    two = observation(0)
+    assert len(two["image"]) == 2
+    one = {**two, "image": two["image"][:1]}
+    policy.predict_action([one], seed=0)  # cameras not recorded (null): unchecked
+    with pytest.raises(ValueError, match="1 and 2 cameras in one call"):
+        policy.predict_action([one, two], seed=0)
+    policy.config.backbone.cameras = 2
+    policy.predict_action([two], seed=0)
+    with pytest.raises(ValueError, match="trained on 2 cameras per observation; these observations have 1"):
+        policy.predict_action([one], seed=0)
+
+
 def test_save_then_load_gives_identical_predictions(policy, tmp_path):
     policy.save(tmp_path / "ckpt")
     loaded = SAGRPolicy.load(tmp_path / "ckpt").eval()

@@ -251,6 +251,30 @@ def test_training_and_inference_image_sizes_must_agree(make_config):
         Trainer(make_config(**{"datasets.vla_data.image_size": [56, 56], "framework.backbone.image_size": [112, 112]}))
 
 
+def test_the_camera_count_is_recorded_checked_and_kept_on_resume(make_config):
+    """The trainer writes the data's camera count into the policy config (which predict_action checks),
+    refuses another, and resumes a checkpoint saved before the count was recorded."""
+    import json
+
+    import yaml
+
+    from sagrflow.core.config import ConfigError
+    from sagrflow.train.checkpoint import POLICY_DIR, latest_checkpoint
+
+    with pytest.raises(ConfigError, match=r"framework.backbone.cameras=1 but the data has 2 cameras"):
+        Trainer(make_config(**{"framework.backbone.cameras": 1}))
+    trainer = Trainer(make_config(**{"trainer.max_train_steps": 1, "trainer.save_interval": 1}))
+    trainer.fit()
+    saved = latest_checkpoint(trainer.run_dir) / POLICY_DIR
+    assert json.loads((saved / "config.json").read_text())["backbone"]["cameras"] == 2
+    assert yaml.safe_load((trainer.run_dir / "config.yaml").read_text())["framework"]["backbone"]["cameras"] == 2
+    old = json.loads((saved / "config.json").read_text())
+    del old["backbone"]["cameras"]  # a checkpoint from before the count was recorded
+    (saved / "config.json").write_text(json.dumps(old))
+    resumed = Trainer(make_config(**{"trainer.max_train_steps": 2, "trainer.save_interval": 1}))
+    assert resumed.policy.config.backbone.cameras == 2
+
+
 def test_an_accelerate_config_cannot_silently_change_accumulation(make_config, monkeypatch):
     from sagrflow.core.config import ConfigError
 

@@ -29,6 +29,9 @@ class BackboneConfig:
     layers: str | list[int] = "last"  # "first" / "last" N (N = dit_depth), or one VLM layer per DiT block
     image_size: list[int] = field(default_factory=lambda: [224, 224])  # (h, w) of to_chw_uint8, as in data
     dtype: str = "float32"  # weights as loaded; the trainer owns autocast
+    # C images per sample, in the data's camera order: the trainer records the data's count (or refuses
+    # another), predict_action refuses observations with another; null: not recorded, unchecked
+    cameras: int | None = None
 
     def __post_init__(self) -> None:
         if not self.path:
@@ -45,6 +48,10 @@ class BackboneConfig:
             raise ValueError(f"framework.backbone.image_size={self.image_size}: give [height, width] > 0")
         if self.dtype not in DTYPES:
             raise ValueError(f"framework.backbone.dtype={self.dtype!r}: use one of {DTYPES}")
+        if self.cameras is not None:
+            self.cameras = int(self.cameras)
+            if self.cameras < 1:
+                raise ValueError(f"framework.backbone.cameras={self.cameras} must be >= 1, or null (unchecked)")
 
 
 @dataclass

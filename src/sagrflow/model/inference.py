@@ -40,8 +40,15 @@ def prepare_observations(policy, observations: list[dict], device: torch.device)
     geometry (B, C, k, h, w) or None, memory keys (episode_id, else the batch slot)."""
     if not observations:
         raise ValueError("predict_action needs at least one observation")
-    size = tuple(policy.config.backbone.image_size)
-    images = torch.stack([observation_images(o, size) for o in observations])  # the processor wants CPU
+    size, cameras = tuple(policy.config.backbone.image_size), policy.config.backbone.cameras
+    per_obs = [observation_images(o, size) for o in observations]
+    counts = sorted({len(x) for x in per_obs})
+    if cameras is not None and counts != [cameras]:
+        raise ValueError(f"the policy was trained on {cameras} cameras per observation; these observations have "
+                         f"{' and '.join(map(str, counts))} (framework.backbone.cameras, in the data's camera order)")
+    if len(counts) > 1:
+        raise ValueError(f"observations with {' and '.join(map(str, counts))} cameras in one call: give each the same")
+    images = torch.stack(per_obs)  # (B, C, 3, h, w) on the host: the processor wants CPU
     lang = [str(o.get("lang", "")) for o in observations]
     state = None
     s_dim = policy.config.action_model.state_dim

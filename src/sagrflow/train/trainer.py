@@ -106,6 +106,8 @@ class Trainer:
         self._check_data_matches_model()
         if resume_from is not None:
             policy = SAGRPolicy.load(resume_from / ckpt.POLICY_DIR)  # strict: names each missing parameter
+            if policy.config.backbone.cameras is None:  # saved before the camera count was recorded
+                policy.config.backbone.cameras = self.cfg.framework.backbone.cameras
             if policy.config != self.cfg.framework:
                 raise ConfigError(f"the framework section differs from the checkpoint's ({resume_from}); "
                                   "resume with the checkpoint's framework config or start a new run_name")
@@ -129,6 +131,12 @@ class Trainer:
             if data_value != model_value:
                 raise ConfigError(f"framework.action_model.{name}={model_value} but the data has {data_value}: "
                                   f"set framework.action_model.{name}: {data_value}")
+        backbone, cameras = self.cfg.framework.backbone, len(ds.embodiment.video_keys)
+        if backbone.cameras is None:  # recorded in config.yaml and every checkpoint, and checked at inference
+            backbone.cameras = cameras
+        elif backbone.cameras != cameras:
+            raise ConfigError(f"framework.backbone.cameras={backbone.cameras} but the data has {cameras} cameras "
+                              f"({', '.join(ds.embodiment.video_keys)}): set it to {cameras}, or null")
         data_size, model_size = list(ds.embodiment.image_size), list(self.cfg.framework.backbone.image_size)
         if data_size != model_size:  # predict_action resizes to the backbone's size
             raise ConfigError(f"framework.backbone.image_size={model_size} but the data is resized to {data_size} "
