@@ -16,6 +16,9 @@ and 12 of its 36 LLM layers, DiT of width 1024), under bf16 autocast, medians of
                      graphs), compiled before the timing on two prompt lengths, as training meets them
         fm_only_hf_vision fm_only with transformers' own vision-tower path (an attention call per
                      window or image, positions built on the device), which sagrflow replaces
+        fm_only_hf_inputs, sagr_chain_fused_hf_inputs  fm_only and sagr_chain_fused with the LLM's
+                     attention mask and transformers' masked_scatter of the image features: the
+                     device read-backs (syncs) that `VLMBackbone.call_inputs` leaves out
       and the ratio of each to fm_only;
   (c) predict_action latency with 10 Euler steps against 1, and their ratio, with the Euler loop
       replayed as a CUDA graph (the default) and eager, and how far the two chunks differ.
@@ -69,6 +72,8 @@ def train_times(policies: dict[bool, object], batch_size: int, iters: int, devic
         train_step(policies[compiled], batches[mode] if batch is None else batch, fm, optimizers[compiled], dtype)
 
     steps = {m: partial(step, m) for m in modes}
+    for mode in ("fm_only", "sagr_chain_fused"):
+        steps[f"{mode}_hf_inputs"] = partial(hf_inputs, policies[False], steps[mode])
     if hf:
         steps["fm_only_hf_vision"] = partial(hf_vision, policies[False], steps["fm_only"])
     compile_start = time.perf_counter()
@@ -90,6 +95,9 @@ def train_times(policies: dict[bool, object], batch_size: int, iters: int, devic
             out[m]["peak_mib"] = torch.cuda.max_memory_allocated() / 2**20
     for m in steps:
         out[m]["ratio_to_fm_only"] = out[m]["ms"] / out["fm_only"]["ms"]
+    # the SA-GR / fm-only ratio with the read-backs, beside the one without (sagr_chain_fused's)
+    out["sagr_chain_fused_hf_inputs"]["ratio_to_fm_only_hf_inputs"] = (
+        out["sagr_chain_fused_hf_inputs"]["ms"] / out["fm_only_hf_inputs"]["ms"])
     tk = batches["sagr_chain"].tk_index
     out["sagr_chain"]["reused_pairs"] = float((tk >= 0).float().mean())
     if "sagr_chain_fused_compiled" in out:
@@ -154,6 +162,24 @@ def hf_vision(policy, fn) -> None:
         backbone_module.host_position_inputs = original
         for m, f in zip(modules, saved, strict=True):
             m.forward = f
+
+
+def hf_inputs(policy, fn) -> None:
+    """fn() with the VLM called as before sagrflow removed its device read-backs: the attention mask
+    given, the image features placed by transformers' masked_scatter (host-built positions kept)."""
+    backbone = policy.backbone
+
+    def call_inputs(cpu_inputs, visual, device):
+        inputs = {k: v.to(device, non_blocking=True) for k, v in cpu_inputs.items()}
+        inputs.update(backbone_module.host_position_inputs(backbone.vlm, cpu_inputs, device))
+        inputs["pixel_values"] = inputs["pixel_values"].to(backbone.vlm.dtype)
+        return inputs
+
+    backbone.call_inputs = call_inputs
+    try:
+        fn()
+    finally:
+        del backbone.call_inputs
 
 
 def predict_times(policy, iters: int, device: str, dtype) -> dict[str, float]:
@@ -239,6 +265,9 @@ def main() -> None:
     for mode, row in train.items():
         peak = f"{row['peak_mib']:9.0f}" if "peak_mib" in row else f"{'-':>9}"
         print(f"    {mode:26s} {row['ms']:8.1f} {row['ratio_to_fm_only']:9.2f}x {peak}")
+    hf_ratio = train["sagr_chain_fused_hf_inputs"]["ratio_to_fm_only_hf_inputs"]
+    print(f"    (with the read-backs, sagr_chain_fused / fm_only: {hf_ratio:.2f}x; "
+          f"without: {train['sagr_chain_fused']['ratio_to_fm_only']:.2f}x)")
     compiled = train.get("sagr_chain_fused_compiled")
     print(f"    (sagr_chain reuses the t+k tokens of {train['sagr_chain']['reused_pairs']:.0%} of the pairs"
           + (f"; compiling the world modules ({args.compile}) took {compiled['first_step_s']:.0f}s)" if compiled else ")"))

@@ -218,16 +218,7 @@ class VLMBackbone(nn.Module):
         visual = (cpu_inputs["input_ids"] == self.image_token_id) & attention
         visual_pos = torch.zeros(*visual.shape, 3)
         visual_pos[visual] = positions
-        # no attention mask: the prompts are right-padded, so under causal attention no real token sees a
-        # pad, and the LLM runs plain causal attention (transformers' mask helper reads the mask back to
-        # decide whether it may skip it). A pad's own output is finite and read by nothing
-        inputs = {k: v.to(device, non_blocking=True) for k, v in cpu_inputs.items() if k != "attention_mask"}
-        if self.arch != "llava":  # positions from the host copies, not from per-sample loops on the device
-            inputs.update(host_position_inputs(self.vlm, cpu_inputs, device))
-        if "pixel_values" in inputs:
-            inputs["pixel_values"] = inputs["pixel_values"].to(self.vlm.dtype)
-        if self.arch == "qwen2_5_vl":  # image features placed by a host index, not by masked_scatter
-            inputs = embedded_inputs(self.vlm, inputs, cpu_inputs["image_grid_thw"], visual)
+        inputs = self.call_inputs(cpu_inputs, visual, device)
         out = self.vlm(**inputs, output_hidden_states=all_layers, use_cache=False, return_dict=True)
         attention, visual = (m.to(device, non_blocking=True) for m in (attention, visual))
         return BackboneOutput(
@@ -236,6 +227,25 @@ class VLMBackbone(nn.Module):
             text_mask=attention & ~visual, lengths=lengths, visual_pos=visual_pos.to(device, non_blocking=True),
             cameras=images.shape[1],
         )
+
+    def call_inputs(self, cpu_inputs: dict[str, torch.Tensor], visual: torch.Tensor,
+                    device: torch.device) -> dict[str, torch.Tensor]:
+        """`prepare_inputs`' host tensors and the host mask of the image tokens (B, L) -> the VLM's keyword
+        inputs on `device`, with nothing the model would read back from the device:
+          - no attention mask: the prompts are right-padded, so under causal attention no real token sees
+            a pad (transformers read a given mask back to decide whether they may skip it). A pad's own
+            output is finite and read by nothing;
+          - Qwen: the LLM's and the tower's positions built on the host (`host_position_inputs`);
+          - Qwen2.5-VL: the image features placed in the input embeddings by a host index
+            (`embedded_inputs`), not by masked_scatter."""
+        inputs = {k: v.to(device, non_blocking=True) for k, v in cpu_inputs.items() if k != "attention_mask"}
+        if self.arch != "llava":
+            inputs.update(host_position_inputs(self.vlm, cpu_inputs, device))
+        if "pixel_values" in inputs:
+            inputs["pixel_values"] = inputs["pixel_values"].to(self.vlm.dtype)
+        if self.arch == "qwen2_5_vl":
+            inputs = embedded_inputs(self.vlm, inputs, cpu_inputs["image_grid_thw"], visual)
+        return inputs
 
     def preprocessing_fingerprint(self) -> str:
         """What, besides the weights, decides the hidden states of an (images, instruction) input:
