@@ -69,6 +69,26 @@ def test_round_trip_metadata_ping_infer(server):
         assert not np.allclose(data["actions"], data["normalized_actions"])
 
 
+def test_seeded_server_chunks_depend_on_the_episode_alone(policy, tiny_checkpoint):
+    """With a seed, an episode's chunk is the same alone in a request and second in a batch, on two
+    fresh servers (the first connection of each); another seed gives another chunk."""
+    chunks = []
+    for batch in ([example(1, episode_id=5)], [example(2, episode_id=9), example(1, episode_id=5)]):
+        handle = PolicyServer(policy, seed=0).start_background("127.0.0.1", 0)
+        try:
+            with PolicyClient("127.0.0.1", handle.port) as client:
+                chunks.append(client.infer(batch)["normalized_actions"][-1])
+        finally:
+            handle.stop()
+    np.testing.assert_allclose(chunks[1], chunks[0], atol=1e-5, rtol=0)  # batched matmuls: last bits only
+    handle = PolicyServer(policy, seed=1).start_background("127.0.0.1", 0)
+    try:
+        with PolicyClient("127.0.0.1", handle.port) as client:
+            assert np.abs(client.infer([example(1, episode_id=5)])["normalized_actions"][0] - chunks[0]).max() > 1e-3
+    finally:
+        handle.stop()
+
+
 def test_reply_envelope_on_the_wire(server):
     ws, _ = raw_connection(server.port)
     try:

@@ -42,6 +42,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     sv.add_argument("--host", default="0.0.0.0")
     sv.add_argument("--port", type=int, default=10093)
     sv.add_argument("--device", default="cpu")
+    sv.add_argument("--seed", type=int, default=0,
+                    help="noise seed: each episode draws from its own generator, seeded by (seed, connection "
+                         "number, episode id), so its chunks do not depend on the other examples of a request "
+                         "(default: 0)")
     sv.set_defaults(func=_serve)
 
 
@@ -102,7 +106,7 @@ def _serve(args: argparse.Namespace) -> int:
     from sagrflow.eval.policies import resolve_checkpoint
 
     policy = SAGRPolicy.load(resolve_checkpoint(args.checkpoint), device=args.device).eval()
-    server = PolicyServer(policy, policy_metadata(policy, args.checkpoint))
+    server = PolicyServer(policy, policy_metadata(policy, args.checkpoint), seed=args.seed)
     print(f"serving {args.checkpoint} on ws://{args.host}:{args.port} (Ctrl-C to stop)", flush=True)
     try:
         server.run(args.host, args.port)

@@ -58,8 +58,12 @@ class PolicyServer:
     """`PolicyServer(policy, metadata).run(host, port)`; `policy` has `predict_action` and `reset`
     like `SAGRPolicy`. `start_background()` runs it on a thread (tests, notebooks)."""
 
-    def __init__(self, policy: Any, metadata: dict | None = None, max_examples: int = 64):
+    def __init__(self, policy: Any, metadata: dict | None = None, max_examples: int = 64, seed: int | None = None):
+        """`seed`: the policy draws each episode's noise from the episode's own generator, seeded by
+        (seed, connection number, episode id) (`predict_action`'s `seed`), so a chunk does not depend on
+        which other examples share its request; None: the policy's global generator."""
         self.policy = policy
+        self.seed = seed
         self.metadata = dict(metadata or {})
         self.max_examples = max_examples
         self._executor = ThreadPoolExecutor(1, thread_name_prefix="sagrflow-infer")
@@ -218,7 +222,8 @@ class PolicyServer:
 
     async def _predict(self, examples: list[dict], num_steps: int | None) -> dict:
         try:
-            return await self._in_worker(self.policy.predict_action, examples, num_steps=num_steps)
+            noise = {} if self.seed is None else {"seed": self.seed}
+            return await self._in_worker(self.policy.predict_action, examples, num_steps=num_steps, **noise)
         except ValueError as exc:  # the policy's own input checks (state size, cameras)
             raise RequestError(str(exc)) from None
 
