@@ -94,6 +94,16 @@ def test_episodes_dropped_from_the_metadata_alone_are_not_read_from_a_stale_inde
         LeRobotReader(root)
 
 
+def test_a_v2_episode_file_with_rows_the_metadata_does_not_count(copy_of):
+    root = copy_of("v2.1", None)
+    path = sorted((root / "data").rglob("episode_*.parquet"))[0]
+    table = pq.read_table(path)
+    pq.write_table(pa.concat_tables([table, table.slice(table.num_rows - 1)]), path)  # one row more
+    with pytest.raises(DataError, match=rf"episode_000000.parquet: holds {table.num_rows + 1} rows but "
+                                        rf"meta/episodes.jsonl gives episode 0 a length of {table.num_rows}"):
+        LeRobotReader(root)
+
+
 def test_modality_slice_out_of_range(copy_of):
     root = copy_of()
     _edit_json(root / "meta" / "modality.json", lambda d: d["state"]["gripper"].update(start=7, end=9))

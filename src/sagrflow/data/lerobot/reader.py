@@ -115,6 +115,9 @@ class LeRobotReader:
             if table is None:
                 tables.clear()  # v2: one file per episode; v3: consecutive episodes share a file
                 table = tables[ep.data_path] = self._read_data_file(ep.data_path)
+            if self.meta.version.startswith("v2") and table.num_rows != ep.length:  # one episode per file
+                raise DataError(ep.data_path, f"holds {table.num_rows} rows but meta/episodes.jsonl gives episode "
+                                f"{ep.index} a length of {ep.length}", "the episode metadata disagrees with the parquet")
             if ep.row_start + ep.length > table.num_rows:
                 raise DataError(
                     ep.data_path,
