@@ -1,0 +1,31 @@
+#!/usr/bin/env bash
+# The prepared GPU run of issue 7, for a CUDA machine whose Python already has torch and
+# transformers (nothing is downloaded): about 7 minutes on one H100 or H200. Each part writes its
+# JSON (and the profile's Chrome traces) and its log under $OUT (default runs/gpu/<time>).
+#   1. gpu_profile.py, batch 64: where the fm-only and SA-GR steps' host time goes, syncs, CUDA runtime calls
+#   2. gpu_check.py, batch 64, chain 8, world modules in CUDA graphs: (a) at the batch that misses 1.10x
+#   3. gpu_check.py --config large: (a) at Qwen2.5-VL-3B's shapes, where the GPU should set the step time
+#   4. the CUDA-only tests (predict_action's CUDA graph) and the backbone's equivalence tests
+#     bash benchmarks/gpu_run.sh    # LIMIT=<s> caps each part (default 200); PYTHON=<interpreter> (default python3)
+set -uo pipefail
+cd "$(dirname "$0")/.."
+export PYTHONPATH=src HF_HUB_OFFLINE=1 HF_HUB_DISABLE_PROGRESS_BARS=1
+OUT=${OUT:-runs/gpu/$(date +%Y%m%d_%H%M%S)}
+export OUT
+PY=${PYTHON:-python3}
+mkdir -p "$OUT"
+part() {  # part NAME COMMAND...: run it under the time cap, log to $OUT/NAME.log, go on whatever its status
+    local name=$1
+    shift
+    echo "== $name: $*"
+    timeout "${LIMIT:-200}" "$@" > "$OUT/$name.log" 2>&1
+    echo "   exit $? ($(tail -n 1 "$OUT/$name.log"))"
+}
+nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | tee "$OUT/gpu.txt"
+"$PY" -c "import torch, transformers; print('torch', torch.__version__, 'transformers', transformers.__version__)" | tee -a "$OUT/gpu.txt"
+part profile_b64 "$PY" benchmarks/gpu_profile.py --batch-size 64 --trace
+part check_b64_graphs_chain8 "$PY" benchmarks/gpu_check.py --batch-size 64 --compile graphs --train-only --chain-length 8
+part check_large "$PY" benchmarks/gpu_check.py --config large --compile none --train-only
+part tests "$PY" -m pytest -q -p no:cacheprovider tests/model/test_cuda_graphs.py tests/model/test_qwen_vision.py
+grep -h -A12 "(a) optimizer step" "$OUT"/check_*.log
+grep -h -B1 -A4 "ms: forward" "$OUT/profile_b64.log"
