@@ -166,7 +166,8 @@ def hf_vision(policy, fn) -> None:
 
 def hf_inputs(policy, fn) -> None:
     """fn() with the VLM called as before sagrflow removed its device read-backs: the attention mask
-    given, the image features placed by transformers' masked_scatter (host-built positions kept)."""
+    given, the image features placed by transformers' masked_scatter, the inputs copied from pageable
+    memory (host-built positions kept)."""
     backbone = policy.backbone
 
     def call_inputs(cpu_inputs, visual, device):

@@ -26,6 +26,6 @@ nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | 
 part profile_b64 "$PY" benchmarks/gpu_profile.py --batch-size 64 --trace
 part check_b64_graphs_chain8 "$PY" benchmarks/gpu_check.py --batch-size 64 --compile graphs --train-only --chain-length 8
 part check_large "$PY" benchmarks/gpu_check.py --config large --compile none --train-only
-part tests "$PY" -m pytest -q -p no:cacheprovider tests/model/test_cuda_graphs.py tests/model/test_qwen_vision.py
+part tests "$PY" -m pytest -q -p no:cacheprovider tests/model/test_cuda_graphs.py tests/model/test_qwen_vision.py tests/core/test_device.py
 grep -h -A12 "(a) optimizer step" "$OUT"/check_*.log
 grep -h -B1 -A4 "ms: forward" "$OUT/profile_b64.log"

@@ -27,6 +27,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from sagrflow.core.device import to_device
 from sagrflow.core.memo import Memo
 from sagrflow.model.pixels import qwen_pixels
 from sagrflow.model.qwen_vision import batch_segments, embedded_inputs, host_position_inputs
@@ -220,11 +221,11 @@ class VLMBackbone(nn.Module):
         visual_pos[visual] = positions
         inputs = self.call_inputs(cpu_inputs, visual, device)
         out = self.vlm(**inputs, output_hidden_states=all_layers, use_cache=False, return_dict=True)
-        attention, visual = (m.to(device, non_blocking=True) for m in (attention, visual))
+        attention, visual = (to_device(m, device) for m in (attention, visual))
         return BackboneOutput(
             hidden_states=tuple(out.hidden_states) if all_layers else None,
             last_hidden_state=out.last_hidden_state, attention_mask=attention, visual_mask=visual,
-            text_mask=attention & ~visual, lengths=lengths, visual_pos=visual_pos.to(device, non_blocking=True),
+            text_mask=attention & ~visual, lengths=lengths, visual_pos=to_device(visual_pos, device),
             cameras=images.shape[1],
         )
 
@@ -238,7 +239,7 @@ class VLMBackbone(nn.Module):
           - Qwen: the LLM's and the tower's positions built on the host (`host_position_inputs`);
           - Qwen2.5-VL: the image features placed in the input embeddings by a host index
             (`embedded_inputs`), not by masked_scatter."""
-        inputs = {k: v.to(device, non_blocking=True) for k, v in cpu_inputs.items() if k != "attention_mask"}
+        inputs = {k: to_device(v, device) for k, v in cpu_inputs.items() if k != "attention_mask"}
         if self.arch != "llava":
             inputs.update(host_position_inputs(self.vlm, cpu_inputs, device))
         if "pixel_values" in inputs:

@@ -16,6 +16,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from sagrflow.core.device import to_device
+
 
 def sample_time(n: int, eps: float, device: torch.device | None = None) -> torch.Tensor:
     """(n,) flow time in [eps, 1 - eps]: never the noise or the data endpoint.
@@ -26,7 +28,8 @@ def sample_time(n: int, eps: float, device: torch.device | None = None) -> torch
     Leaning toward clean data instead lets the head learn to denoise while ignoring the images.
     """
     # drawn on the host; a non-blocking copy, as a blocking one waits for the GPU work queued before it
-    u = torch.distributions.Beta(torch.tensor(1.5), torch.tensor(1.0)).sample((n,)).to(device, non_blocking=True)
+    u = torch.distributions.Beta(torch.tensor(1.5), torch.tensor(1.0)).sample((n,))
+    u = u if device is None else to_device(u, device)
     return (1.0 - eps - (1.0 - 2.0 * eps) * u).clamp(eps, 1.0 - eps)
 
 

@@ -17,6 +17,8 @@ from __future__ import annotations
 
 import torch
 
+from sagrflow.core.device import to_device
+
 
 def _no_resize(h: int, w: int, factor: int, min_pixels: int | None, max_pixels: int | None) -> bool:
     """True when Qwen's smart_resize leaves an h x w image as it is."""
@@ -39,7 +41,7 @@ def qwen_pixels(images: torch.Tensor, processor) -> dict[str, torch.Tensor] | No
     if processor.do_resize and not _no_resize(h, w, p * m, size.shortest_edge, size.longest_edge):
         return None
     # made on the host and copied without blocking: torch.tensor(..., device=cuda) waits for the GPU
-    mean, std = (torch.tensor(v, dtype=torch.float32).view(1, 3, 1, 1).to(images.device, non_blocking=True)
+    mean, std = (to_device(torch.tensor(v, dtype=torch.float32).view(1, 3, 1, 1), images.device)
                  for v in (processor.image_mean, processor.image_std))
     x = (images.float() * float(processor.rescale_factor) - mean) / std  # (N, 3, h, w)
     gh, gw = h // p, w // p

@@ -16,6 +16,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from sagrflow.core.device import to_device
 from sagrflow.core.normalize import Normalizer
 from sagrflow.model.action_head import ActionHead
 from sagrflow.model.anchor import SemanticAnchor
@@ -403,8 +404,8 @@ class SAGRPolicy(nn.Module):
 
 
 def _index(rows: list[int], device: torch.device) -> torch.Tensor:
-    # non_blocking: a host list copied without waiting for the queued VLM passes (no stream sync)
-    return torch.tensor(rows, dtype=torch.long).to(device, non_blocking=True)
+    # a host list copied without waiting for the queued VLM passes (core/device.py)
+    return to_device(torch.tensor(rows, dtype=torch.long), device)
 
 
 def _field(batch, name: str, legacy: str):

@@ -42,6 +42,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from sagrflow.core.device import to_device
 from sagrflow.core.memo import Memo
 
 PATCHED = ("Qwen2_5_VLVisionAttention", "Qwen3VLVisionAttention")
@@ -95,7 +96,7 @@ def host_position_inputs(model: nn.Module, inputs: dict[str, torch.Tensor],
         (grids, str(device)), lambda: _tower_on(model.visual, grid_thw, device))
     for key, pieces in lengths.items():
         _Lengths.remember(moved[key], pieces)
-    return {"position_ids": llm_positions(model, inputs).to(device, non_blocking=True),
+    return {"position_ids": to_device(llm_positions(model, inputs), device),
             **{f"image_{k}": v for k, v in moved.items()}}
 
 
@@ -116,7 +117,7 @@ def embedded_inputs(model: nn.Module, inputs: dict[str, torch.Tensor], grid_thw:
     if where.numel() != features.shape[0]:
         raise ValueError(f"{where.numel()} image tokens in the prompts but the tower made {features.shape[0]} features")
     b, length, d = embeds.shape
-    where = where.to(embeds.device, non_blocking=True)
+    where = to_device(where, embeds.device)
     return {"inputs_embeds": embeds.reshape(b * length, d).index_copy(0, where, features).view(b, length, d),
             "position_ids": inputs["position_ids"]}
 
@@ -126,7 +127,7 @@ def _tower_on(visual: nn.Module, grid_thw: torch.Tensor, device: torch.device
     """(N, 3) image grids -> the tower's inputs on `device`, and the host piece lengths of its boundaries."""
     out = _tower_positions(visual, grid_thw)
     lengths = {k: tuple(out[k].diff().tolist()) for k in ("cu_seqlens", "cu_window_seqlens") if k in out}
-    return {k: v.to(device, non_blocking=True) for k, v in out.items()}, lengths
+    return {k: to_device(v, device) for k, v in out.items()}, lengths
 
 
 def _tower_positions(visual: nn.Module, grid_thw: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -185,8 +186,7 @@ def _layout(lengths: tuple[int, ...], device: torch.device) -> tuple[torch.Tenso
     keep = col[None] < n[:, None]  # (P, M)
     index = torch.where(keep, starts[:, None] + col[None], 0)
     real = keep.flatten().nonzero().squeeze(1)  # (S,)
-    return (index.to(device, non_blocking=True), keep[:, None, None].to(device, non_blocking=True),
-            real.to(device, non_blocking=True))
+    return to_device(index, device), to_device(keep[:, None, None], device), to_device(real, device)
 
 
 def segment_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, lengths: tuple[int, ...],
