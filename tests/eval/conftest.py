@@ -28,7 +28,7 @@ def tiny_checkpoint(tmp_path_factory):
     root = tmp_path_factory.mktemp("eval_tiny")
     backbone = make_tiny("qwen2_5_vl", root / "backbone")
     config = FrameworkConfig.from_dict({
-        "backbone": {"path": str(backbone), "image_size": [IMG, IMG]},
+        "backbone": {"path": str(backbone), "image_size": [IMG, IMG], "cameras": 2},  # as a trainer records it
         "action_model": dict(action_horizon=H, action_dim=A, state_dim=S, repeated_diffusion_steps=1, dit_width=32,
                              dit_heads=2, num_task_tokens=4, world_depth=1, num_inference_timesteps=3),
     })

@@ -55,6 +55,7 @@ def test_round_trip_metadata_ping_infer(server):
     with PolicyClient("127.0.0.1", server.port) as client:
         meta = client.metadata
         assert (meta["server"], meta["action_horizon"], meta["action_dim"], meta["state_dim"]) == ("sagrflow", H, A, S)
+        assert meta["num_cameras"] == 2
         assert client.ping()["type"] == "ping"
         latencies = []
         for i in range(5):

@@ -301,6 +301,7 @@ def policy_metadata(policy: Any, checkpoint: str = "") -> dict:
         "server": "sagrflow", "protocol": "websocket+msgpack-numpy (openpi / starVLA)",
         "checkpoint": str(checkpoint), "action_horizon": am.action_horizon, "action_dim": am.action_dim,
         "state_dim": am.state_dim, "image_size": list(bb.image_size), "cameras": ["image", "wrist_image"],
+        "num_cameras": bb.cameras,  # images per example the policy takes (framework.backbone.cameras); None: unchecked
         "rrr_threshold": am.rrr_threshold, "num_inference_timesteps": am.num_inference_timesteps,
         "actions_normalized": policy.action_normalizer is not None,
     }

@@ -27,7 +27,7 @@ from sagrflow.data.lerobot.meta import DatasetMeta, EpisodeRef, load_meta
 from sagrflow.data.video import DecoderCache
 
 _NUMERIC = {"float32", "float64", "float16", "int64", "int32", "int16", "int8", "uint8", "bool"}
-_INDEX_VERSION = 2
+_INDEX_VERSION = 3  # 3: indexes built before v2 row counts were checked are rebuilt
 
 
 def _column_to_numpy(col: pa.ChunkedArray, width: int, where: Path, key: str) -> np.ndarray:  # -> (rows, d)
