@@ -68,7 +68,7 @@ def test_state_required_when_state_dim_set(policy):
 
 def test_target_pass_builds_no_graph(policy):
     grad_modes, outputs = [], []
-    h1 = policy.backbone.vlm.register_forward_hook(lambda m, i, o: grad_modes.append(torch.is_grad_enabled()))
+    h1 = policy.backbone.register_forward_hook(lambda m, i, o: grad_modes.append(torch.is_grad_enabled()))
     h2 = policy.anchor.register_forward_hook(lambda m, i, o: outputs.append(o))
     try:
         out = seeded_forward(policy, make_batch())
@@ -227,7 +227,7 @@ def test_shapes_without_state_and_with_one_camera(tiny_dir):
 
 def test_fm_only_baseline_skips_the_world_model(policy):
     grad_modes, anchor_calls = [], []
-    hook = policy.backbone.vlm.register_forward_hook(lambda m, i, o: grad_modes.append(torch.is_grad_enabled()))
+    hook = policy.backbone.register_forward_hook(lambda m, i, o: grad_modes.append(torch.is_grad_enabled()))
     hook2 = policy.anchor.register_forward_hook(lambda *a: anchor_calls.append(1))
     try:
         out = policy(make_batch(), fm_only=True)
@@ -253,7 +253,7 @@ def test_target_pass_runs_only_valid_pairs_and_reuses_tk_index(policy):
     plain = dataclasses.replace(batch, image_tk=image_tk)
     linked = dataclasses.replace(plain, tk_index=torch.tensor([2, -1, -1]))
     rows = []
-    hook = policy.backbone.vlm.register_forward_hook(lambda m, args, kw, o: rows.append(o.last_hidden_state.shape[0]),
+    hook = policy.backbone.register_forward_hook(lambda m, args, kw, o: rows.append(o.last_hidden_state.shape[0]),
                                                      with_kwargs=True)
     try:
         a = seeded_forward(policy, plain)
@@ -285,7 +285,7 @@ def test_fused_target_pass_equals_the_separate_one(tiny_dirs, arch):
     assert not appended.requires_grad
     torch.testing.assert_close(appended, alone, atol=1e-5, rtol=1e-4)
     calls = []
-    hook = fused.backbone.vlm.register_forward_hook(lambda m, args, kw, o: calls.append(o.last_hidden_state.shape[0]),
+    hook = fused.backbone.register_forward_hook(lambda m, args, kw, o: calls.append(o.last_hidden_state.shape[0]),
                                                     with_kwargs=True)
     try:
         out_f, total_f, grads_f = loss_and_grads(fused, batch)

@@ -37,7 +37,7 @@ def test_euler_reuses_cached_cross_attention(policy):
     calls, vlm_calls = [], []
     kv = policy.head.dit.blocks[0].cross_attn.kv
     hooks = [kv.register_forward_hook(lambda *a: calls.append(1)),
-             policy.backbone.vlm.register_forward_hook(lambda *a: vlm_calls.append(1))]
+             policy.backbone.register_forward_hook(lambda *a: vlm_calls.append(1))]
     try:
         policy.reset()
         predict(policy, obs, num_steps=10)

@@ -231,12 +231,13 @@ def test_backbone_equals_the_models_own_call_with_its_mask(tiny_dirs, arch):
         torch.testing.assert_close(our_grads[name], g, atol=1e-4, rtol=1e-3, msg=name)
 
 
-def test_qwen2_5_vl_pass_reads_nothing_back_from_the_device(tiny_dirs):
+@pytest.mark.parametrize(("arch", "side"), [("qwen2_5_vl", 56), ("qwen3_vl", 64)])  # sizes the processor keeps
+def test_qwen_pass_reads_nothing_back_from_the_device(tiny_dirs, arch, side):
     """On the meta device a tensor has no data, so any read-back (a count check, masked_scatter's
-    backward, a mask test) raises: the Qwen2.5-VL pass, forward and backward, runs without one,
-    and so never makes the host wait for the GPU."""
-    backbone = VLMBackbone.from_pretrained(tiny_dirs["qwen2_5_vl"]).to("meta")
-    images = torch.zeros(2, 2, 3, 56, 56, dtype=torch.uint8, device="meta")
+    backward, a mask test, boolean indexing) raises: the Qwen pass, forward and backward, runs
+    without one, and so never makes the host wait for the GPU."""
+    backbone = VLMBackbone.from_pretrained(tiny_dirs[arch]).to("meta")
+    images = torch.zeros(2, 2, 3, side, side, dtype=torch.uint8, device="meta")
     out = backbone(images, ["pick up the red cup", "open the top drawer of the cabinet"])
     sum(h.float().sum() for h in out.hidden_states).backward()
     assert all(p.grad is not None for p in backbone.vlm.language_model.parameters())

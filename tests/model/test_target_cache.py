@@ -25,7 +25,7 @@ def frozen(tiny_dir):
 def vlm_rows(policy):
     """Rows of each VLM call made while the returned list is alive: (list, hook handle)."""
     rows = []
-    hook = policy.backbone.vlm.register_forward_hook(
+    hook = policy.backbone.register_forward_hook(
         lambda m, args, kw, o: rows.append(o.last_hidden_state.shape[0]), with_kwargs=True)
     return rows, hook
 

@@ -30,7 +30,7 @@ from torch import nn
 from sagrflow.core.device import to_device
 from sagrflow.core.memo import Memo
 from sagrflow.model.pixels import qwen_pixels
-from sagrflow.model.qwen_vision import batch_segments, embedded_inputs, host_position_inputs
+from sagrflow.model.qwen_vision import batch_segments, embedded_inputs, host_position_inputs, index_deepstack
 
 ARCHS = ("qwen2_5_vl", "qwen3_vl", "llava")
 TINY_PREFIX = "tiny:"
@@ -116,6 +116,7 @@ class VLMBackbone(nn.Module):
         if self.arch == "llava":
             _freeze_unused_vision_layers(model)
         batch_segments(model)  # Qwen vision towers: one attention call per layer, not one per piece
+        index_deepstack(model)  # Qwen3-VL: deepstack features added by index (embedded_inputs)
         # right padding: real tokens never see a pad (causal attention), so padding is inert
         self.tokenizer.padding_side = "right"
         if self.tokenizer.pad_token is None:
@@ -220,7 +221,9 @@ class VLMBackbone(nn.Module):
         visual_pos = torch.zeros(*visual.shape, 3)
         visual_pos[visual] = positions
         inputs = self.call_inputs(cpu_inputs, visual, device)
-        out = self.vlm(**inputs, output_hidden_states=all_layers, use_cache=False, return_dict=True)
+        # embedded inputs go to the language model itself: the outer model would place the images again
+        model = self.vlm.language_model if "inputs_embeds" in inputs else self.vlm
+        out = model(**inputs, output_hidden_states=all_layers, use_cache=False, return_dict=True)
         attention, visual = (to_device(m, device) for m in (attention, visual))
         return BackboneOutput(
             hidden_states=tuple(out.hidden_states) if all_layers else None,
@@ -237,14 +240,15 @@ class VLMBackbone(nn.Module):
             a pad (transformers read a given mask back to decide whether they may skip it). A pad's own
             output is finite and read by nothing;
           - Qwen: the LLM's and the tower's positions built on the host (`host_position_inputs`);
-          - Qwen2.5-VL: the image features placed in the input embeddings by a host index
-            (`embedded_inputs`), not by masked_scatter."""
+          - Qwen: the image features placed in the input embeddings (and Qwen3-VL's deepstack features
+            added) by a host index (`embedded_inputs`), not by masked_scatter and boolean indexing; these
+            go to the language model itself."""
         inputs = {k: to_device(v, device) for k, v in cpu_inputs.items() if k != "attention_mask"}
         if self.arch != "llava":
             inputs.update(host_position_inputs(self.vlm, cpu_inputs, device))
         if "pixel_values" in inputs:
             inputs["pixel_values"] = inputs["pixel_values"].to(self.vlm.dtype)
-        if self.arch == "qwen2_5_vl":
+        if self.arch != "llava":
             inputs = embedded_inputs(self.vlm, inputs, cpu_inputs["image_grid_thw"], visual)
         return inputs
 

@@ -16,8 +16,9 @@ the host sets the step time. Here:
     the tower's positions per set of image grids (a fixed camera setup has one per row count;
     kept on the device, so they are not copied again), the LLM's per row layout (token types
     and grids; a dataset has a few prompt lengths);
-  - `embedded_inputs` (Qwen2.5-VL) hands the LLM its input embeddings with the tower's
-    outputs already in place, copied in at host-known token indices. transformers' own
+  - `embedded_inputs` hands the LLM its input embeddings with the tower's outputs already in
+    place, copied in at host-known token indices (and, with `index_deepstack`, Qwen3-VL's
+    deepstack features added at those indices). transformers' own
     `masked_scatter` path checks the image-token count against the features (a read-back in
     forward) and its backward selects by mask (a read-back in backward); each makes the host
     wait for every kernel queued before it;
@@ -101,25 +102,55 @@ def host_position_inputs(model: nn.Module, inputs: dict[str, torch.Tensor],
 
 
 def embedded_inputs(model: nn.Module, inputs: dict[str, torch.Tensor], grid_thw: torch.Tensor,
-                    visual: torch.Tensor) -> dict[str, torch.Tensor]:
-    """A Qwen2.5-VL model, its device keyword inputs (input_ids (B, L), pixel_values, position_ids and
-    the tower's `image_*` inputs from `host_position_inputs`), the host grids (N, 3) and the host mask
-    of the image tokens (B, L) -> {"inputs_embeds" (B, L, D), "position_ids"}: the token embeddings
-    with the tower's merged outputs copied in at the image tokens, in prompt order, as transformers'
-    `masked_scatter` places them, by an index made on the host, so nothing is read back from the device
-    in forward or backward (the gradient of a copy by index is a gather by the same index)."""
+                    visual: torch.Tensor) -> dict[str, torch.Tensor | list[torch.Tensor]]:
+    """A Qwen VLM, its device keyword inputs (input_ids (B, L), pixel_values, position_ids and the tower's
+    `image_*` inputs from `host_position_inputs`), the host grids (N, 3) and the host mask of the image
+    tokens (B, L) -> its language model's keyword inputs: "inputs_embeds" (B, L, D), the token
+    embeddings with the tower's merged outputs copied in at the image tokens, in prompt order, as
+    transformers' `masked_scatter` places them, and "position_ids"; for Qwen3-VL also
+    "deepstack_visual_embeds" (the tower's early-layer features that early LLM layers add at the image
+    tokens) and "visual_pos_masks", here the flat positions (V,) of the image tokens (`index_deepstack`).
+    The positions are found on the host, so nothing is read back from the device in forward or backward
+    (the gradient of a copy or add by index is a gather by the same index)."""
     embeds = model.get_input_embeddings()(inputs["input_ids"])  # (B, L, D)
     tower = {k: v for k, v in inputs.items() if k.startswith("image_") and k != "image_grid_thw"}
     # host grids: the features are split on the host, not after a read-back of the device copy
-    pieces = model.get_image_features(inputs["pixel_values"], grid_thw, return_dict=True, **tower).pooler_output
-    features = torch.cat(list(pieces)).to(embeds.dtype)  # (V, D) all images' tokens, in order
+    out = model.get_image_features(inputs["pixel_values"], grid_thw, return_dict=True, **tower)
+    features = torch.cat(list(out.pooler_output)).to(embeds.dtype)  # (V, D) all images' tokens, in order
     where = visual.flatten().nonzero().squeeze(1)  # (V,) flat positions of the image tokens, on the host
     if where.numel() != features.shape[0]:
         raise ValueError(f"{where.numel()} image tokens in the prompts but the tower made {features.shape[0]} features")
     b, length, d = embeds.shape
     where = to_device(where, embeds.device)
-    return {"inputs_embeds": embeds.reshape(b * length, d).index_copy(0, where, features).view(b, length, d),
-            "position_ids": inputs["position_ids"]}
+    result = {"inputs_embeds": embeds.reshape(b * length, d).index_copy(0, where, features).view(b, length, d),
+              "position_ids": inputs["position_ids"]}
+    deepstack = getattr(out, "deepstack_features", None)
+    if deepstack:
+        result["visual_pos_masks"] = where
+        result["deepstack_visual_embeds"] = [torch.cat(list(pieces)) for pieces in deepstack]  # each (V, D)
+    return result
+
+
+def _deepstack_by_index(self, hidden_states: torch.Tensor, visual_pos_masks: torch.Tensor,
+                        visual_embeds: torch.Tensor) -> torch.Tensor:
+    """hidden_states (B, L, D) plus visual_embeds (V, D) at the image tokens, named by the flat positions
+    (V,) that `embedded_inputs` passes, or by the (B, L) mask of the model's own call."""
+    if visual_pos_masks.dtype == torch.bool:
+        return type(self)._deepstack_process(self, hidden_states, visual_pos_masks, visual_embeds)
+    b, length, d = hidden_states.shape
+    embeds = visual_embeds.to(hidden_states.device, hidden_states.dtype)
+    return hidden_states.reshape(b * length, d).index_add(0, visual_pos_masks, embeds).view(b, length, d)
+
+
+def index_deepstack(model: nn.Module) -> bool:
+    """Qwen3-VL: its language model's deepstack step also takes flat positions of the image tokens
+    where it takes a mask (whose boolean indexing reads the device back), an add by index. -> whether
+    the model has such a step."""
+    language_model = getattr(model, "language_model", None)
+    if language_model is None or not hasattr(language_model, "_deepstack_process"):
+        return False
+    language_model._deepstack_process = types.MethodType(_deepstack_by_index, language_model)
+    return True
 
 
 def _tower_on(visual: nn.Module, grid_thw: torch.Tensor, device: torch.device
