@@ -231,6 +231,26 @@ def test_backbone_equals_the_models_own_call_with_its_mask(tiny_dirs, arch):
         torch.testing.assert_close(our_grads[name], g, atol=1e-4, rtol=1e-3, msg=name)
 
 
+@pytest.mark.parametrize("arch", ["qwen2_5_vl", "qwen3_vl"])
+def test_a_copied_backbone_keeps_its_patches_bound_to_its_own_modules(tiny_dirs, arch):
+    """The batched tower attention and Qwen3-VL's deepstack-by-index survive deepcopy, bound to the
+    copy's modules, not the original's."""
+    import copy
+
+    backbone = VLMBackbone.from_pretrained(tiny_dirs[arch])
+    images = torch.randint(0, 256, (2, 2, 3, 64, 64), generator=torch.Generator().manual_seed(5), dtype=torch.uint8)
+    lang = ["pick up the red cup", "go"]
+    with torch.no_grad():
+        want = backbone(images, lang).last_hidden_state
+    twin = copy.deepcopy(backbone)
+    patched = [m for m in twin.vlm.modules() if "forward" in vars(m) and type(m).__name__ in PATCHED]
+    assert patched and all(m.forward.__self__ is m for m in patched)
+    if arch == "qwen3_vl":
+        assert twin.vlm.language_model._deepstack_process.__self__ is twin.vlm.language_model
+    with torch.no_grad():
+        torch.testing.assert_close(twin(images, lang).last_hidden_state, want, atol=0, rtol=0)
+
+
 @pytest.mark.parametrize(("arch", "side"), [("qwen2_5_vl", 56), ("qwen3_vl", 64)])  # sizes the processor keeps
 def test_qwen_pass_reads_nothing_back_from_the_device(tiny_dirs, arch, side):
     """On the meta device a tensor has no data, so any read-back (a count check, masked_scatter's
