@@ -52,3 +52,23 @@ def test_a_record_torn_by_a_crash_is_dropped_and_a_corrupt_one_named(tmp_path):
     path.write_text('{"step": 0}\nnot json\n{"step": 1}\n')
     with pytest.raises(ValueError, match="metrics.jsonl:2 is not a JSON record"):
         m.read_metrics(path)
+
+
+def test_tensorboard_shows_a_resumed_runs_replayed_steps_once(tmp_path):
+    """A run that resumes from its step-3 checkpoint logs steps 3 and 4 again: TensorBoard keeps the
+    new values and hides the abandoned attempt's, as metrics.jsonl does."""
+    pytest.importorskip("tensorboard")
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    first = m.MetricsLogger(tmp_path, "tensorboard")
+    for step in range(5):
+        first.log(step, {"loss/total": float(step)})
+    first.close()
+    resumed = m.MetricsLogger(tmp_path, "tensorboard", start_step=3)
+    for step in range(3, 6):
+        resumed.log(step, {"loss/total": 100.0 + step})
+    resumed.close()
+    events = EventAccumulator(str(tmp_path / "tensorboard"))
+    events.Reload()
+    scalars = events.Scalars("loss/total")
+    assert [(s.step, s.value) for s in scalars] == [(0, 0.0), (1, 1.0), (2, 2.0), (3, 103.0), (4, 104.0), (5, 105.0)]

@@ -51,10 +51,12 @@ class _Jsonl:
 
 
 class _TensorBoard:
-    def __init__(self, log_dir: Path):
+    def __init__(self, log_dir: Path, start_step: int):
         from torch.utils.tensorboard import SummaryWriter
 
-        self._w = SummaryWriter(str(log_dir))
+        # TensorBoard hides the events of steps >= start_step written before this session: a resumed run
+        # replays the steps after its checkpoint, and shows them once, as metrics.jsonl does
+        self._w = SummaryWriter(str(log_dir), purge_step=start_step)
 
     def log(self, step: int, values: Mapping[str, float]) -> None:
         for k, v in values.items():
@@ -83,7 +85,8 @@ class MetricsLogger:
 
     def __init__(self, run_dir: str | Path, backend: str = "tensorboard", enabled: bool = True, *,
                  wandb_project: str = "sagrflow", wandb_mode: str = "offline", run_name: str = "",
-                 config: dict | None = None):
+                 config: dict | None = None, start_step: int = 0):
+        """`start_step`: the first step this session logs (a resumed run's checkpoint step)."""
         self.sinks: list = []
         if not enabled:
             return
@@ -91,7 +94,7 @@ class MetricsLogger:
         self.sinks.append(_Jsonl(run_dir / "metrics.jsonl"))
         if backend == "tensorboard":
             try:
-                self.sinks.append(_TensorBoard(run_dir / "tensorboard"))
+                self.sinks.append(_TensorBoard(run_dir / "tensorboard", start_step))
             except ImportError as exc:
                 warnings.warn(f"TensorBoard unavailable ({exc}); metrics go to {run_dir / 'metrics.jsonl'} only. "
                               "pip install tensorboard to get it", stacklevel=2)

@@ -99,7 +99,7 @@ class Trainer:
         if acc.is_main_process:
             save_config(cfg, self.run_dir / "config.yaml")
         self.logger = m.MetricsLogger(self.run_dir, t.logger, acc.is_main_process, wandb_project=t.wandb_project,
-                                      wandb_mode=t.wandb_mode, run_name=t.run_name)
+                                      wandb_mode=t.wandb_mode, run_name=t.run_name, start_step=self.state.step)
 
     # --- construction --------------------------------------------------------------------
     def _build_policy(self, resume_from) -> SAGRPolicy:
