@@ -244,13 +244,12 @@ class VLMBackbone(nn.Module):
             added) by a host index (`embedded_inputs`), not by masked_scatter and boolean indexing; these
             go to the language model itself."""
         inputs = {k: to_device(v, device) for k, v in cpu_inputs.items() if k != "attention_mask"}
-        if self.arch != "llava":
-            inputs.update(host_position_inputs(self.vlm, cpu_inputs, device))
         if "pixel_values" in inputs:
             inputs["pixel_values"] = inputs["pixel_values"].to(self.vlm.dtype)
-        if self.arch != "llava":
-            inputs = embedded_inputs(self.vlm, inputs, cpu_inputs["image_grid_thw"], visual)
-        return inputs
+        if self.arch == "llava":
+            return inputs
+        inputs.update(host_position_inputs(self.vlm, cpu_inputs, device))
+        return embedded_inputs(self.vlm, inputs, cpu_inputs["image_grid_thw"], visual)
 
     def preprocessing_fingerprint(self) -> str:
         """What, besides the weights, decides the hidden states of an (images, instruction) input:

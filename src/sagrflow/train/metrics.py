@@ -147,4 +147,6 @@ def truncate_metrics(path: str | Path, step: int) -> int:
 
 def read_metrics(path: str | Path) -> list[dict]:
     """The records of a metrics.jsonl, non-finite values back as floats."""
-    return [{k: float(v) if isinstance(v, str) else v for k, v in row.items()} for _, row in _records(Path(path), Path(path).read_text().splitlines())]
+    path = Path(path)
+    rows = (row for _, row in _records(path, path.read_text().splitlines()))
+    return [{k: float(v) if isinstance(v, str) else v for k, v in row.items()} for row in rows]

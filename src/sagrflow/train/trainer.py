@@ -122,6 +122,8 @@ class Trainer:
         return SAGRPolicy.from_config(self.cfg.framework, pair["action"], state)
 
     def _check_data_matches_model(self) -> None:
+        """The model's shapes against the data's (a mismatch is a ConfigError naming the key); an unset
+        framework.backbone.cameras takes the data's camera count."""
         am, ds = self.cfg.framework.action_model, self.dataset.datasets[0]
         checks = [("action_dim", ds.action.shape[1], am.action_dim),
                   ("action_horizon", ds.embodiment.horizon, am.action_horizon)]
@@ -137,7 +139,7 @@ class Trainer:
         elif backbone.cameras != cameras:
             raise ConfigError(f"framework.backbone.cameras={backbone.cameras} but the data has {cameras} cameras "
                               f"({', '.join(ds.embodiment.video_keys)}): set it to {cameras}, or null")
-        data_size, model_size = list(ds.embodiment.image_size), list(self.cfg.framework.backbone.image_size)
+        data_size, model_size = list(ds.embodiment.image_size), list(backbone.image_size)
         if data_size != model_size:  # predict_action resizes to the backbone's size
             raise ConfigError(f"framework.backbone.image_size={model_size} but the data is resized to {data_size} "
                               "(datasets.vla_data.image_size, else the embodiment's): inference would show the policy "
