@@ -333,21 +333,33 @@ def test_token_change_is_the_loss_dyn_of_predicting_no_change(tiny_dir):
 
 
 @pytest.mark.parametrize("target_pass", ["separate", "fused"])
-def test_training_step_reads_back_only_the_target_plan(tiny_dir, monkeypatch, target_pass):
-    """On the meta device any read of device data raises. Given its target plan (the forward's one
-    host read of the batch's bookkeeping), the whole step, fm-only and SA-GR, forward and backward,
-    runs there: nothing else in it makes the host wait for the GPU."""
-    import sagrflow.model.policy as policy_module
-    from sagrflow.model.targets import target_plan
-
-    policy = build_policy(tiny_dir, target_pass=target_pass).to("meta")
+def test_training_step_reads_back_only_the_target_plan(tiny_dir, target_pass):
+    """On the meta device any read of device data raises. Given its target plan, made from the
+    batch while it was on the host (as the trainer does), the whole step, fm-only and SA-GR,
+    forward and backward, runs there: nothing in it makes the host wait for the GPU."""
+    policy = build_policy(tiny_dir, target_pass=target_pass)
     batch = make_batch()
-    plan = target_plan(batch, batch.valid_tk.float(), list(batch.lang))
-    monkeypatch.setattr(policy_module, "target_plan", lambda *args, **kwargs: plan)
-    batch = batch.to("meta")
+    plan = policy.plan_targets(batch)
+    policy, batch = policy.to("meta"), batch.to("meta")
+    with pytest.raises(NotImplementedError):  # without the plan, the forward reads the batch back
+        policy(batch)
     for fm_only in (True, False):
         policy.zero_grad(set_to_none=True)
-        out = policy(batch, fm_only=fm_only)
+        out = policy(batch, fm_only=fm_only, plan=plan)
         reduce_losses(out, policy.config.action_model.loss_weights)[0].backward()
         assert all(out[k].shape == (B,) for k in TERMS)
         assert any(p.grad is not None for p in policy.head.world.parameters()) != fm_only
+
+
+def test_a_plan_made_on_the_host_gives_the_forwards_own_result(tiny_dir):
+    policy = build_policy(tiny_dir, target_pass="separate")
+    batch = make_batch()
+    plan = policy.plan_targets(batch)
+    assert plan.run == [0, 2] and plan.source == [3, 1, 4]  # samples 0 and 2 valid, no chains
+    torch.manual_seed(5)
+    given = policy(batch, plan=plan)
+    own = seeded_forward(policy, batch, seed=5)
+    for k in TERMS:
+        torch.testing.assert_close(given[k], own[k], rtol=0, atol=0)
+    with pytest.raises(ValueError, match="plan for 3 samples given with a batch of 2"):
+        policy(make_batch(b=2), plan=plan)

@@ -345,3 +345,49 @@ def test_a_rank_added_on_resume_is_told_it_has_no_saved_random_stream(make_confi
     # resumed on 3 processes from a 1-process run: rank 0 restores its generator; ranks 1 and 2,
     # told they have none, seed their own (Trainer._resume) instead of all keeping one shared seed
     assert [ckpt.load_rank_state(path, rank, 3, old, 4, trainer.loader) for rank in (0, 1, 2)] == [True, False, False]
+
+
+def test_each_forward_gets_the_target_plan_made_from_the_host_batch(make_config, monkeypatch):
+    """The trainer plans each micro-batch's t+k targets before the batch moves to the device, so the
+    forward has nothing to read back (test_model's meta-device step; on CUDA the test below)."""
+    trainer = Trainer(make_config(**{"trainer.max_train_steps": 2, "trainer.gradient_accumulation_steps": 2}))
+    seen = []
+    forward = SAGRPolicy.forward
+
+    def spy(self, batch, fm_only=False, plan=None):
+        seen.append((plan, self.plan_targets(batch)))
+        return forward(self, batch, fm_only, plan)
+
+    monkeypatch.setattr(SAGRPolicy, "forward", spy)
+    trainer.fit()
+    assert len(seen) == 4 and all(given is not None and given == own for given, own in seen)
+    assert any(own.run for _, own in seen) and any(given != seen[0][0] for given, _ in seen)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_a_cuda_step_waits_for_the_gpu_only_to_read_its_metrics(make_config, monkeypatch):
+    """Under CUDA's sync debug mode a host read of device data raises: a training step reads once,
+    its metrics (`_reduce`); the host can queue the next step while the GPU finishes this one."""
+    trainer = Trainer(make_config(**{"trainer.max_train_steps": 3}))
+    assert trainer.accelerator.device.type == "cuda"
+    batches = iter(trainer.loader)
+    trainer.train_step([next(batches)])  # the first step's report reads each parameter group's norm
+    reads = []
+    reduce = trainer._reduce
+
+    def allowed(*args):
+        torch.cuda.set_sync_debug_mode(0)
+        try:
+            reads.append(args)
+            return reduce(*args)
+        finally:
+            torch.cuda.set_sync_debug_mode("error")
+
+    monkeypatch.setattr(trainer, "_reduce", allowed)
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        for _ in range(2):
+            trainer.train_step([next(batches)])
+    finally:
+        torch.cuda.set_sync_debug_mode(0)
+    assert len(reads) == 2

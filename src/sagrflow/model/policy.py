@@ -123,32 +123,31 @@ class SAGRPolicy(nn.Module):
         return self.anchor(hidden.to(self.head.action_out.weight.dtype), visual, text, geo_tokens)
 
     # --- training ------------------------------------------------------------------------
-    def forward(self, batch, fm_only: bool = False) -> dict[str, torch.Tensor]:
+    def forward(self, batch, fm_only: bool = False, plan: TargetPlan | None = None) -> dict[str, torch.Tensor]:
         """A `Batch` -> per-sample (B,) loss_fm, loss_dyn, loss_geo, loss_reg (averaged over the R repeats),
         valid_tk (B,), token_change (B,) (a diagnostic, reduced as loss_dyn), and scalar diagnostics.
         Reduce with `losses.reduce_losses`.
 
         `fm_only=True` is the plain flow-matching baseline (benchmarks, ablations): one VLM
         pass, no world predictor, no drift; the world terms are 0.
+        `plan`: the batch's `plan_targets`, made while the batch was still on the host (the trainer
+        does); without it the forward reads the batch's bookkeeping back from the device, one sync.
         """
         am = self.config.action_model
         # 1. image_t (fallback: legacy image), image_tk (fallback: image_t)
-        image_t = _field(batch, "image_t", "image")
-        if image_t is None:
-            raise ValueError("the batch has neither image_t nor the legacy image")
-        image_tk = getattr(batch, "image_tk", None)
-        has_image_tk = image_tk is not None
-        if not has_image_tk:
-            image_tk = image_t
+        image_t, image_tk, has_image_tk, valid = _frames(batch)
         b = image_t.shape[0]
-        valid = getattr(batch, "valid_tk", None)
-        valid = torch.zeros(b, device=image_t.device) if valid is None else valid.float()  # (B,)
         state = _field(batch, "state_t", "state")
         self._check_state(state)
         if not am.state_dim:  # a policy without a state token ignores a batch's state
             state = None
         lang = list(batch.lang)
-        plan = None if fm_only else target_plan(batch, valid, lang, has_image_tk)  # before any pass: one host read
+        if fm_only:
+            plan = None
+        elif plan is None:
+            plan = target_plan(batch, valid, lang, has_image_tk)  # before any pass: one host read
+        elif len(plan.source) != b:
+            raise ValueError(f"a target plan for {len(plan.source)} samples given with a batch of {b}")
         cache = self._usable_cache() if plan is not None and plan.keys_t is not None else None
         depth_t, depth_tk = getattr(batch, "depth_t", None), getattr(batch, "depth_tk", None)
         fused = (plan is not None and plan.run and cache is None and am.target_pass == "fused"
@@ -205,6 +204,12 @@ class SAGRPolicy(nn.Module):
                 "absmax/drift": head_out["drift"].detach().abs().max(),
             })
         return out
+
+    def plan_targets(self, batch) -> TargetPlan:
+        """Where each sample's t+k tokens will come from (model/targets.py), read from the batch's
+        bookkeeping: call it before the batch moves to the device, and pass it to `forward`."""
+        _, _, has_image_tk, valid = _frames(batch)
+        return target_plan(batch, valid, list(batch.lang), has_image_tk)
 
     def _usable_cache(self) -> TargetCache | None:
         cache = self.target_cache
@@ -406,6 +411,18 @@ class SAGRPolicy(nn.Module):
 def _index(rows: list[int], device: torch.device) -> torch.Tensor:
     # a host list copied without waiting for the queued VLM passes (core/device.py)
     return to_device(torch.tensor(rows, dtype=torch.long), device)
+
+
+def _frames(batch) -> tuple[torch.Tensor, torch.Tensor, bool, torch.Tensor]:
+    """A batch -> image_t (fallback: the legacy image), image_tk (fallback: image_t), whether it had
+    image_tk, and valid_tk as float (B,) (none: all 0)."""
+    image_t = _field(batch, "image_t", "image")
+    if image_t is None:
+        raise ValueError("the batch has neither image_t nor the legacy image")
+    image_tk = getattr(batch, "image_tk", None)
+    valid = getattr(batch, "valid_tk", None)
+    valid = torch.zeros(image_t.shape[0], device=image_t.device) if valid is None else valid.float()
+    return image_t, image_t if image_tk is None else image_tk, image_tk is not None, valid
 
 
 def _field(batch, name: str, legacy: str):

@@ -1,8 +1,8 @@
 """Wall time of the two VLM passes of a training forward, measured by hooks on the backbone.
 
 The pass with gradients is the one on image_t; the pass under `no_grad` is the t+k target
-pass. On CUDA the hooks record events (no sync); `collect()` reads them once per logged
-step, where the trainer syncs anyway.
+pass. On CUDA the hooks record events (no sync); the trainer calls `collect` only at the
+steps it logs, as reading the events waits for the GPU.
 """
 
 from __future__ import annotations
@@ -34,15 +34,16 @@ class VlmPassTimer:
         which, start = self._open.pop()
         self._done[which].append((start, self._now()))
 
-    def collect(self) -> dict[str, float]:
-        """Seconds spent in each pass since the last call: {"t": s, "tk": s}."""
+    def collect(self, steps: int = 1) -> dict[str, float]:
+        """Seconds per step spent in each pass, over the `steps` steps since the last call: {"t": s, "tk": s}."""
+        if self._cuda:
+            torch.cuda.synchronize()
         out = {}
         for which, spans in self._done.items():
             if self._cuda:
-                torch.cuda.synchronize()
-                out[which] = sum(a.elapsed_time(b) for a, b in spans) / 1000.0
+                out[which] = sum(a.elapsed_time(b) for a, b in spans) / 1000.0 / steps
             else:
-                out[which] = sum(b - a for a, b in spans)
+                out[which] = sum(b - a for a, b in spans) / steps
             spans.clear()
         return out
 

@@ -21,6 +21,7 @@ import torch
 
 from sagrflow.core.batch import Batch
 from sagrflow.core.config import ConfigError, to_dict
+from sagrflow.core.device import to_device
 from sagrflow.data.loader import TemporalLoader, build_dataset
 from sagrflow.model.policy import SAGRPolicy
 from sagrflow.model.target_cache import TargetCache
@@ -86,6 +87,7 @@ class Trainer:
         self.base_weights = cfg.framework.action_model.loss_weights
         self.timer = VlmPassTimer(self.policy.backbone)
         self._last_saved = -1
+        self._untimed_steps = 0  # steps whose VLM pass times have not been read yet
         self._consecutive_skips = 0
         self._reported = False
         self._stop_requested = False  # set by SIGTERM (preemption); every rank stops after the same step
@@ -173,12 +175,14 @@ class Trainer:
         acc, t = self.accelerator, self.cfg.trainer
         w = sagr_weights(self.state.step, t.sagr_phase_a_steps, t.sagr_phase_b_ramp_steps, self.base_weights)
         n_samples, n_valid = self._global_counts(micro_batches)
-        stats: dict[str, torch.Tensor] = {}
+        stats: dict[str, torch.Tensor] = {_VALID_RATIO: n_valid / n_samples}
         for batch in micro_batches:
+            # the t+k plan from the host copy, so the forward reads nothing back from the device
+            plan = None if t.fm_only else self.policy.plan_targets(batch)
             batch = batch.to(acc.device, non_blocking=True)
             with acc.accumulate(self.model):
                 with self._anomaly_finder(batch):
-                    out = self.model(batch, fm_only=t.fm_only)
+                    out = self.model(batch, fm_only=t.fm_only, plan=plan)
                 total, terms = loss_share(out, w.as_dict(), n_samples, n_valid, scale=acc.num_processes)
                 # the world model against "nothing changes" (see _world_skill), reduced exactly as loss/dyn
                 change = valid_share(out["token_change"], out["valid_tk"], n_valid) * acc.num_processes
@@ -187,7 +191,7 @@ class Trainer:
             self._accumulate(stats, total, terms, change, out, len(micro_batches))
         report_groups = group_grad_norms(self.optimizer) if not self._reported else None
         grad_norm = acc.clip_grad_norm_(self.model.parameters(), t.max_grad_norm or float("inf"))
-        values = self._reduce(stats, grad_norm)  # the step's one host sync
+        values = self._reduce(stats, grad_norm)  # the step's one read from the device
         # under DeepSpeed the engine owns clipping and reports no norm before its step: loss only
         norm_ok = grad_norm is None or _finite(values["optim/grad_norm"])
         skipped = not (_finite(values["loss/total"]) and norm_ok)
@@ -204,15 +208,16 @@ class Trainer:
         with warnings.catch_warnings():  # torch warns when a skipped first step leaves the optimizer unstepped
             warnings.filterwarnings("ignore", message="Detected call of `lr_scheduler.step")
             self.scheduler.step()
-        values.update(self._schedule_metrics(w, n_valid / n_samples, skipped, lrs))
+        values.update(self._schedule_metrics(w, skipped, lrs))
         if report_groups is not None:
             self._report_first_step(values, report_groups)
         return values
 
     def _global_counts(self, micro_batches: list[Batch]) -> tuple[torch.Tensor, torch.Tensor]:
-        """Samples and valid_tk samples of the whole step: every micro-batch, every rank."""
-        valid = torch.cat([b.valid_tk for b in micro_batches]).to(self.accelerator.device)
-        counts = torch.stack([torch.tensor(float(valid.numel()), device=valid.device), (valid > 0).float().sum()])
+        """Samples and valid_tk samples of the whole step (every micro-batch, every rank), on the device:
+        counted in the loader's host batches and copied without waiting for the queued work."""
+        valid = torch.cat([b.valid_tk for b in micro_batches])
+        counts = to_device(torch.tensor([float(valid.numel()), float((valid > 0).sum())]), self.accelerator.device)
         counts = self.accelerator.reduce(counts, "sum") if self.accelerator.num_processes > 1 else counts
         return counts[0], counts[1]
 
@@ -233,27 +238,26 @@ class Trainer:
         acc = self.accelerator
         names = [k for k in stats if not k.startswith("debug/absmax/")]
         names.append(_STOP)
-        stats[_STOP] = torch.tensor(float(self._stop_requested))
-        vec = torch.stack([torch.as_tensor(stats[k], device=acc.device).float() for k in names])
-        peaks = torch.stack([stats[f"debug/absmax/{k}"] for k in _ABSMAX]).to(acc.device)
+        stats[_STOP] = to_device(torch.tensor(float(self._stop_requested)), acc.device)
+        vec = torch.stack([stats[k].float() for k in names])
+        peaks = torch.stack([stats[f"debug/absmax/{k}"] for k in _ABSMAX])
         if acc.num_processes > 1:
             vec = acc.reduce(vec, "mean")  # shares are scaled by the world size: their mean is the global value
             torch.distributed.all_reduce(peaks, op=torch.distributed.ReduceOp.MAX)
-        norm = float("nan") if grad_norm is None else float(grad_norm)
-        out = dict(zip(names, vec.tolist(), strict=True))
-        out.update(zip((f"debug/absmax/{k}" for k in _ABSMAX), peaks.tolist(), strict=True))
-        out["optim/grad_norm"] = norm
+        norm = (vec.new_full((1,), float("nan")) if grad_norm is None
+                else torch.as_tensor(grad_norm, dtype=torch.float32, device=vec.device).reshape(1))
+        read = torch.cat([vec, peaks.float(), norm]).tolist()  # one read for all of them
+        out = dict(zip([*names, *(f"debug/absmax/{k}" for k in _ABSMAX), "optim/grad_norm"], read, strict=True))
+        out["debug/temporal/valid_tk_ratio"] = out[_VALID_RATIO]
         out.update(_world_skill(out))
         return out
 
-    def _schedule_metrics(self, w, valid_ratio: torch.Tensor, skipped: bool, lrs: dict[str, float]) -> dict[str, float]:
-        ratio = float(valid_ratio)
+    def _schedule_metrics(self, w, skipped: bool, lrs: dict[str, float]) -> dict[str, float]:
         out = {
             "debug/sagr_schedule/phase": w.phase, "debug/sagr_schedule/alpha": w.alpha,
             "debug/sagr_schedule/loss_w_fm": w.fm, "debug/sagr_schedule/loss_w_dyn": w.dyn,
             "debug/sagr_schedule/loss_w_geo": w.geo, "debug/sagr_schedule/loss_w_reg": w.reg,
             "debug/loss/weight_dyn": w.dyn, "debug/loss/weight_geo": w.geo, "debug/loss/weight_reg": w.reg,
-            "debug/loss/valid_tk_ratio": ratio, "debug/temporal/valid_tk_ratio": ratio,
             "stability/step_skipped": float(skipped),
         }
         out.update({f"optim/lr/{name}": lr for name, lr in lrs.items()})
@@ -323,10 +327,8 @@ class Trainer:
         data_time = time.perf_counter() - start
         values = self.train_step(micro)
         step_time = time.perf_counter() - start
-        passes = self.timer.collect()
         values.update({"perf/step_time_s": step_time, "perf/data_time_s": data_time,
-                       "perf/samples_per_s": global_batch / step_time, "perf/vlm_t_time_s": passes["t"],
-                       "perf/vlm_tk_time_s": passes["tk"]})
+                       "perf/samples_per_s": global_batch / step_time})
         return values
 
     def _after_step(self, values: dict[str, float], bar) -> None:
@@ -334,6 +336,7 @@ class Trainer:
         step = self.state.step  # the index of the step just taken, as its schedule saw it
         skipped = values["stability/step_skipped"] > 0
         self.state.step += 1
+        self._untimed_steps += 1
         self.state.samples_seen += self.cfg.data.per_device_batch_size * self.gas * self.accelerator.num_processes
         self.state.skipped_steps += int(skipped)
         self._consecutive_skips = self._consecutive_skips + 1 if skipped else 0
@@ -342,6 +345,10 @@ class Trainer:
             bar.write(f"step {step}: non-finite loss {values['loss/total']:.4g} or grad norm "
                       f"{values['optim/grad_norm']:.4g}; step skipped ({self.state.skipped_steps} so far)")
         if skipped or step % t.log_interval == 0 or self.state.step == t.max_train_steps:
+            # per step, averaged since the last log: read here, not every step (on CUDA it waits for the GPU)
+            passes = self.timer.collect(self._untimed_steps)
+            self._untimed_steps = 0
+            values.update({f"perf/vlm_{k}_time_s": v for k, v in passes.items()})
             self.logger.log(step, values)
         bar.set_postfix(loss=f"{values['loss/total']:.4f}", samples_s=f"{values['perf/samples_per_s']:.1f}",
                         refresh=False)
@@ -363,6 +370,7 @@ class Trainer:
 
 
 _STOP = "control/stop_requested"
+_VALID_RATIO = "debug/loss/valid_tk_ratio"  # also logged as debug/temporal/valid_tk_ratio
 
 
 def _changed_keys(old, new, prefix: str = "") -> list[str]:
