@@ -4,7 +4,8 @@
 # JSON (and the profile's Chrome traces) and its log under $OUT (default runs/gpu/<time>).
 #   1. gpu_profile.py, batch 64: where the fm-only and SA-GR steps' host time goes, syncs, CUDA runtime calls
 #   2. gpu_check.py, batch 64, chain 8, world modules in CUDA graphs: (a) at the batch that misses 1.10x
-#   3. gpu_check.py --config large: (a) at Qwen2.5-VL-3B's shapes, where the GPU should set the step time
+#   3. gpu_check.py --config large, chain 8: (a) at Qwen2.5-VL-3B's shapes, where the GPU should set the
+#      step time (step_cost.py: the separate target pass adds 4% of the FLOPs there)
 #   4. the CUDA-only tests (predict_action's CUDA graph, the trainer's one read per step) and the
 #      backbone's equivalence tests
 #     bash benchmarks/gpu_run.sh    # LIMIT=<s> caps each part (default 200); PYTHON=<interpreter> (default python3)
@@ -26,7 +27,7 @@ nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | 
 "$PY" -c "import torch, transformers; print('torch', torch.__version__, 'transformers', transformers.__version__)" | tee -a "$OUT/gpu.txt"
 part profile_b64 "$PY" benchmarks/gpu_profile.py --batch-size 64 --trace
 part check_b64_graphs_chain8 "$PY" benchmarks/gpu_check.py --batch-size 64 --compile graphs --train-only --chain-length 8
-part check_large "$PY" benchmarks/gpu_check.py --config large --compile none --train-only
+part check_large_chain8 "$PY" benchmarks/gpu_check.py --config large --compile none --train-only --chain-length 8
 part tests "$PY" -m pytest -q -p no:cacheprovider tests/model/test_cuda_graphs.py tests/model/test_qwen_vision.py tests/core/test_device.py \
     "tests/train/test_trainer.py::test_a_cuda_step_waits_for_the_gpu_only_to_read_its_metrics"
 grep -h -A12 "(a) optimizer step" "$OUT"/check_*.log

@@ -45,14 +45,21 @@ CONFIGS = {
 H, A, S, CAMS, SIDE, K = 8, 7, 8, 2, 224, 7
 
 
+def framework_config(name: str, root: Path, weights: bool = True, **action_model) -> FrameworkConfig:
+    """The named config, its VLM written under `root` on first use (`weights=False`: the architecture
+    only, see make_tiny); `action_model` overrides keys."""
+    hidden, layers = CONFIGS[name]["llm"]
+    path = root / (name if weights else f"{name}-shapes")
+    if not (path / "config.json").exists():
+        make_tiny("qwen2_5_vl", path, hidden_size=hidden, num_layers=layers, preset=CONFIGS[name].get("preset"),
+                  weights=weights)
+    am = {"action_horizon": H, "action_dim": A, "state_dim": S, **CONFIGS[name]["action_model"], **action_model}
+    return FrameworkConfig.from_dict({"backbone": {"path": str(path)}, "action_model": am})
+
+
 def build(name: str, root: Path, device: str, **action_model) -> SAGRPolicy:
     """The named config's policy (seeded: the same weights every call); `action_model` overrides keys."""
-    hidden, layers = CONFIGS[name]["llm"]
-    path = root / name
-    if not (path / "config.json").exists():
-        make_tiny("qwen2_5_vl", path, hidden_size=hidden, num_layers=layers, preset=CONFIGS[name].get("preset"))
-    am = {"action_horizon": H, "action_dim": A, "state_dim": S, **CONFIGS[name]["action_model"], **action_model}
-    cfg = FrameworkConfig.from_dict({"backbone": {"path": str(path)}, "action_model": am})
+    cfg = framework_config(name, root, **action_model)
     torch.manual_seed(0)
     return SAGRPolicy.from_config(cfg).to(device)
 

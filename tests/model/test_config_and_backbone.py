@@ -106,6 +106,16 @@ def test_same_seed_gives_same_tiny_weights(tmp_path):
         assert torch.equal(pa, pb), name
 
 
+@pytest.mark.parametrize("arch", ["qwen2_5_vl", "llava"])
+def test_a_tiny_config_without_weights_builds_the_same_architecture(tmp_path, arch):
+    shapes = make_tiny(arch, tmp_path / "shapes", weights=False)
+    assert not any(shapes.glob("*.safetensors"))
+    empty = VLMBackbone.from_config_dir(shapes)
+    full = VLMBackbone.from_pretrained(make_tiny(arch, tmp_path / "full"))
+    assert {n: p.shape for n, p in empty.named_parameters()} == {n: p.shape for n, p in full.named_parameters()}
+    assert all(p.is_meta for p in empty.parameters())
+
+
 def test_unsupported_architecture_is_refused_before_loading(tmp_path):
     (tmp_path / "config.json").write_text('{"model_type": "gpt2"}')
     with pytest.raises(ValueError, match="unsupported VLM architecture 'gpt2'"):

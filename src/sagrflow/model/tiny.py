@@ -163,12 +163,14 @@ _BUILDERS = {"qwen2_5_vl": _build_qwen2_5_vl, "qwen3_vl": _build_qwen3_vl, "llav
 
 
 def make_tiny(arch: str, out_dir: str | Path, seed: int = 0, hidden_size: int = 64, num_layers: int = 4,
-              preset: str | None = None) -> Path:
+              preset: str | None = None, weights: bool = True) -> Path:
     """Write a tiny random-weight `arch` checkpoint (model, tokenizer, image processor) to `out_dir`.
 
     `hidden_size` / `num_layers` size the language model (e.g. 512 / 8 for benchmarks);
     the vision tower stays tiny. `preset` (a key of PRESETS, Qwen2.5-VL only) takes a published
-    model's shapes instead, tower included, with `num_layers` LLM layers.
+    model's shapes instead, tower included, with `num_layers` LLM layers. `weights=False` writes
+    the model's config instead of its weights (built on the meta device, in seconds at any size):
+    an architecture for `VLMBackbone.from_config_dir`, as shape-only benchmarks need.
     """
     if arch not in _BUILDERS:
         raise ValueError(f"unknown tiny arch {arch!r}; use one of {ARCHS}")
@@ -176,11 +178,14 @@ def make_tiny(arch: str, out_dir: str | Path, seed: int = 0, hidden_size: int = 
         raise ValueError(f"preset {preset!r} for {arch!r}: presets are {sorted(PRESETS)}, for qwen2_5_vl")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    with torch.random.fork_rng(devices=[]):
+    with torch.random.fork_rng(devices=[]), torch.device("cpu" if weights else "meta"):
         torch.manual_seed(seed)
         args = (hidden_size, num_layers) if preset is None else (hidden_size, num_layers, preset)
         model, tokenizer, image_processor = _BUILDERS[arch](*args)
-    model.save_pretrained(out)
+    if weights:
+        model.save_pretrained(out)
+    else:
+        model.config.save_pretrained(out)
     tokenizer.save_pretrained(out)
     image_processor.save_pretrained(out)
     return out

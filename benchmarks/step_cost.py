@@ -1,0 +1,119 @@
+"""What an SA-GR training step adds to an fm-only one, counted instead of timed.
+
+Two counts per step (forward and backward, no optimizer), fm-only beside each SA-GR mode:
+  FLOPs  matmuls, convolutions and attention (torch's FlopCounterMode): what sets the step
+         where the GPU is the bottleneck, as with real 3B VLMs
+  ops    ATen operators that compute (views excluded), each one kernel launch or more on a
+         GPU: what sets the step where the host issuing them is the bottleneck, as with the
+         mid config (89M) on an H200, whose GPU is busy under a quarter of the step
+Both are exact and the same on any machine: the step runs on PyTorch's meta device (shapes
+only, no data), with the VLM built from its config alone, so the large config costs seconds
+and no memory. Timings belong to gpu_check.py; these counts say what the timings can become.
+
+Modes: fm_only; sagr at each chain length L (datasets.vla_data.chain_length; L = 1 is the
+naive step, every valid pair through the target pass), with target_pass separate and fused.
+
+    python benchmarks/step_cost.py [--configs tiny,mid,large] [--batch-size 64] [--chains 1,2,4,8]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import tempfile
+from collections import Counter
+from pathlib import Path
+
+import torch
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils._pytree import tree_leaves
+from torch.utils.flop_counter import FlopCounterMode
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from model_step import CONFIGS, fake_batch, framework_config  # noqa: E402
+from sagrflow.model.backbone import VLMBackbone  # noqa: E402
+from sagrflow.model.losses import reduce_losses  # noqa: E402
+from sagrflow.model.policy import SAGRPolicy  # noqa: E402
+
+
+class OpCounter(TorchDispatchMode):
+    """Counts the ATen operators dispatched inside it that are not views and touch the device
+    (meta) tensors: host-side tensor work (token ids, positions) launches nothing."""
+
+    def __init__(self):
+        super().__init__()
+        self.ops: Counter[str] = Counter()
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        if not func.is_view and any(t.is_meta for t in tree_leaves((args, kwargs, out)) if isinstance(t, torch.Tensor)):
+            self.ops[str(func.overloadpacket)] += 1
+        return out
+
+
+def build_shapes(name: str, root: Path) -> SAGRPolicy:
+    """The named config's policy on the meta device: its architecture, no weights."""
+    cfg = framework_config(name, root, weights=False)
+    return SAGRPolicy(cfg, VLMBackbone.from_config_dir(cfg.backbone.path)).to("meta")
+
+
+def count_step(policy: SAGRPolicy, batch_size: int, fm_only: bool, chain: int, target_pass: str) -> dict:
+    """FLOPs and ops of one forward and backward in steady state, and the ops of each alone."""
+    policy.config.action_model.target_pass = target_pass
+    host = fake_batch(batch_size, "cpu", chain)
+    plan = None if fm_only else policy.plan_targets(host)  # as the trainer makes it, before the move
+    batch = host.to("meta")
+    # warm-up: the backbone remembers its host inputs per prompt and image grid after the first step
+    reduce_losses(policy(batch, fm_only=fm_only, plan=plan), policy.config.action_model.loss_weights)[0].backward()
+    forward, backward = OpCounter(), OpCounter()
+    with FlopCounterMode(display=False) as flops:
+        with forward:
+            out = policy(batch, fm_only=fm_only, plan=plan)
+            total, _ = reduce_losses(out, policy.config.action_model.loss_weights)
+        with backward:
+            total.backward()
+    policy.zero_grad(set_to_none=True)
+    fwd, bwd = sum(forward.ops.values()), sum(backward.ops.values())
+    return {"flops": flops.get_total_flops(), "ops": fwd + bwd, "ops_fwd": fwd, "ops_bwd": bwd}
+
+
+def run_config(name: str, root: Path, batch_size: int, chains: list[int]) -> list[dict]:
+    policy = build_shapes(name, root)
+    params = sum(p.numel() for p in policy.parameters()) / 1e6
+    print(f"\n[{name}] {params:.1f}M parameters, batch {batch_size}: per step, forward + backward")
+    print(f"  {'mode':24s} {'TFLOP':>8s} {'x fm':>6s} {'ops':>6s} {'fwd':>6s} {'bwd':>6s} {'x fm':>6s}")
+    base = count_step(policy, batch_size, True, 1, "separate")
+    rows = [{"config": name, "mode": "fm_only", "chain": 1, **base}]
+    for chain in chains:
+        for target_pass in ("separate", "fused"):
+            rows.append({"config": name, "mode": f"sagr_{target_pass}", "chain": chain,
+                         **count_step(policy, batch_size, False, chain, target_pass)})
+    for r in rows:
+        r["flops_ratio"], r["ops_ratio"] = r["flops"] / base["flops"], r["ops"] / base["ops"]
+        label = r["mode"] if r["mode"] == "fm_only" else f"{r['mode']} chain {r['chain']}"
+        print(f"  {label:24s} {r['flops'] / 1e12:8.3f} {r['flops_ratio']:5.3f}x {r['ops']:6d} {r['ops_fwd']:6d} "
+              f"{r['ops_bwd']:6d} {r['ops_ratio']:5.3f}x")
+    return rows
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--configs", default="tiny,mid,large", help=f"comma-separated, of {sorted(CONFIGS)}")
+    parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--chains", default="1,2,4,8", help="chain lengths; each must divide the batch")
+    args = parser.parse_args()
+    names, chains = args.configs.split(","), [int(c) for c in args.chains.split(",")]
+    unknown = [n for n in names if n not in CONFIGS]
+    if unknown:
+        parser.error(f"unknown configs {unknown}; use {sorted(CONFIGS)}")
+    if any(c < 1 or args.batch_size % c for c in chains):
+        parser.error(f"--chains {args.chains}: each must be >= 1 and divide the batch of {args.batch_size}")
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    root = Path(tempfile.mkdtemp(prefix="sagrflow-step-cost-"))
+    for name in names:
+        run_config(name, root, args.batch_size, chains)
+
+
+if __name__ == "__main__":
+    main()

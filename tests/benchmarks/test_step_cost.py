@@ -1,0 +1,27 @@
+"""benchmarks/step_cost.py on the tiny config: its counts behave as the SA-GR step's design says."""
+
+from __future__ import annotations
+
+import importlib
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
+step_cost = importlib.import_module("step_cost")
+
+
+def test_step_counts_follow_the_target_pass_and_the_chains(tmp_path):
+    rows = {(r["mode"], r["chain"]): r for r in step_cost.run_config("tiny", tmp_path, 8, [1, 2, 4])}
+    fm = rows["fm_only", 1]
+    for target_pass in ("sagr_separate", "sagr_fused"):
+        flops = [rows[target_pass, c]["flops"] for c in (1, 2, 4)]
+        assert fm["flops"] < flops[2] < flops[1] < flops[0]  # longer chains: fewer t+k rows through the VLM
+        # the VLM calls are the same whatever the chain: only their row counts change
+        assert len({rows[target_pass, c]["ops"] for c in (1, 2, 4)}) == 1
+    for c in (1, 2, 4):
+        separate, fused = rows["sagr_separate", c], rows["sagr_fused", c]
+        assert fused["flops"] > separate["flops"]  # backward runs over the appended rows too
+        assert fused["ops_fwd"] < separate["ops_fwd"]  # ... but the second VLM call is gone
+    assert rows["sagr_fused", 4]["ops"] / fm["ops"] == pytest.approx(rows["sagr_fused", 4]["ops_ratio"])
