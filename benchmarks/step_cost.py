@@ -23,9 +23,11 @@ import os
 import sys
 import tempfile
 from collections import Counter
+from functools import partial
 from pathlib import Path
 
 import torch
+import torch.nn.functional as F
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_leaves
 from torch.utils.flop_counter import FlopCounterMode
@@ -38,18 +40,63 @@ from sagrflow.model.policy import SAGRPolicy  # noqa: E402
 
 
 class OpCounter(TorchDispatchMode):
-    """Counts the ATen operators dispatched inside it that are not views and touch the device
-    (meta) tensors: host-side tensor work (token ids, positions) launches nothing."""
+    """Counts the ATen operators dispatched inside it that compute on the device (meta) tensors:
+    views launch nothing, nor does host-side tensor work (token ids, positions). Attention counts
+    one operator forward and one backward, as CUDA's fused kernels run it; on the meta device
+    torch would run its math decomposition (two matmuls, a softmax, scalings) instead."""
 
     def __init__(self):
         super().__init__()
         self.ops: Counter[str] = Counter()
+        self.paused = False
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         out = func(*args, **(kwargs or {}))
-        if not func.is_view and any(t.is_meta for t in tree_leaves((args, kwargs, out)) if isinstance(t, torch.Tensor)):
+        if not self.paused and not func.is_view and func is not torch.ops.aten._unsafe_view.default and any(
+                t.is_meta for t in tree_leaves((args, kwargs, out)) if isinstance(t, torch.Tensor)):
             self.ops[str(func.overloadpacket)] += 1
         return out
+
+    def __enter__(self):
+        self._sdpa = F.scaled_dot_product_attention
+        F.scaled_dot_product_attention = partial(_FusedAttention.run, self, self._sdpa)
+        return super().__enter__()
+
+    def __exit__(self, *exc):
+        F.scaled_dot_product_attention = self._sdpa
+        return super().__exit__(*exc)
+
+
+class _FusedAttention(torch.autograd.Function):
+    """Attention as one counted operator each way; the uncounted math inside keeps the shapes."""
+
+    @staticmethod
+    def run(counter: OpCounter, sdpa, q, k, v, *args, **kwargs):
+        return _FusedAttention.apply(counter, partial(sdpa, *args, **kwargs), q, k, v)
+
+    @staticmethod
+    def forward(ctx, counter, attend, q, k, v):
+        counter.ops["aten.scaled_dot_product_attention"] += 1
+        counter.paused = True
+        try:
+            with torch.enable_grad():  # the math's own graph, for backward (no recomputation)
+                ctx.inputs = [t.detach().requires_grad_() for t in (q, k, v)]
+                ctx.out = attend(*ctx.inputs)
+        finally:
+            counter.paused = False
+        ctx.counter = counter
+        return ctx.out.detach()
+
+    @staticmethod
+    def backward(ctx, grad):
+        counter = ctx.counter
+        counter.ops["aten.scaled_dot_product_attention_backward"] += 1
+        counter.paused = True
+        try:
+            grads = torch.autograd.grad(ctx.out, ctx.inputs, grad)
+        finally:
+            counter.paused = False
+        return None, None, *grads
 
 
 def build_shapes(name: str, root: Path) -> SAGRPolicy:
