@@ -64,12 +64,17 @@ def train_times(policies: dict[bool, object], batch_size: int, iters: int, devic
     `policies`: compiled world modules or not -> a policy (the same weights)."""
     optimizers = {c: torch.optim.AdamW(p.parameters(), lr=1e-5) for c, p in policies.items()}
     modes = {m: spec for m, spec in TRAIN_MODES.items() if spec[3] in policies}  # no compiled policy: no such mode
-    batches = {m: fake_batch(batch_size, device, chain_length if chained else 1) for m, (_, chained, _, _) in modes.items()}
+    hosts = {m: fake_batch(batch_size, "cpu", chain_length if chained else 1) for m, (_, chained, _, _) in modes.items()}
+    batches = {m: host.to(device) for m, host in hosts.items()}
 
     def step(mode: str, batch=None) -> None:
         fm, _, target_pass, compiled = TRAIN_MODES[mode]
         policies[compiled].config.action_model.target_pass = target_pass
-        train_step(policies[compiled], batches[mode] if batch is None else batch, fm, optimizers[compiled], dtype)
+        if batch is None:  # the t+k plan from the host copy, as the trainer makes it
+            batch, host = batches[mode], hosts[mode]
+        else:
+            host = None
+        train_step(policies[compiled], batch, fm, optimizers[compiled], dtype, host)
 
     steps = {m: partial(step, m) for m in modes}
     for mode in ("fm_only", "sagr_chain_fused"):

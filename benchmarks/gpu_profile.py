@@ -40,14 +40,16 @@ SITES = ("sagrflow", "transformers", "benchmarks")  # where a sync site is named
 MODES = {"fm_only": (True, 1), "sagr_fused": (False, 4)}  # mode -> (fm_only, chain_length)
 
 
-def host_split(policy, batch, fm: bool, optimizer, dtype, steps: int, device: str) -> dict[str, float]:
-    """Median host ms of forward+loss, backward, optimizer step; the final wait; and the wall."""
+def host_split(policy, batch, host, fm: bool, optimizer, dtype, steps: int, device: str) -> dict[str, float]:
+    """Median host ms of forward+loss (the t+k plan made from `host`, as the trainer does), backward,
+    optimizer step; the final wait; and the wall."""
     rows = []
     for _ in range(steps):
         sync(device)
         t0 = time.perf_counter()
+        plan = None if fm else policy.plan_targets(host)
         with torch.autocast(torch.device(device).type, dtype=dtype, enabled=dtype is not None):
-            total, _ = reduce_losses(policy(batch, fm_only=fm), policy.config.action_model.loss_weights)
+            total, _ = reduce_losses(policy(batch, fm_only=fm, plan=plan), policy.config.action_model.loss_weights)
         t1 = time.perf_counter()
         total.backward()
         t2 = time.perf_counter()
@@ -123,13 +125,14 @@ def main() -> None:
     device_name = torch.cuda.get_device_name(args.device) if cuda else "cpu"
     result: dict = {"device": device_name, "torch": torch.__version__, "config": name, "batch_size": args.batch_size}
     for mode, (fm, chain) in MODES.items():
-        batch = fake_batch(args.batch_size, args.device, chain)
+        host = fake_batch(args.batch_size, "cpu", chain)
+        batch = host.to(args.device)
 
-        def step(fm=fm, batch=batch):
-            train_step(policy, batch, fm, optimizer, dtype)
+        def step(fm=fm, batch=batch, host=host):
+            train_step(policy, batch, fm, optimizer, dtype, host)
 
         step()
-        result[mode] = {"host_ms": host_split(policy, batch, fm, optimizer, dtype, args.steps, args.device),
+        result[mode] = {"host_ms": host_split(policy, batch, host, fm, optimizer, dtype, args.steps, args.device),
                         "syncs": sync_sites(step) if cuda else {},
                         "gpu": profiled(step, cuda=cuda, trace=None if args.out is None or not args.trace else
                                         args.out / f"trace_{mode}_b{args.batch_size}.json.gz"),

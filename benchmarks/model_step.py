@@ -89,10 +89,13 @@ def fake_batch(b: int, device: str, chain_length: int = 1) -> Batch:
 
 
 def train_step(policy: SAGRPolicy, batch: Batch, fm_only: bool, optimizer: torch.optim.Optimizer | None = None,
-               dtype: torch.dtype | None = None) -> None:
-    """Forward and backward (autocast to `dtype` when given, as the trainer does), then the optimizer step if any."""
+               dtype: torch.dtype | None = None, host: Batch | None = None) -> None:
+    """Forward and backward (autocast to `dtype` when given, as the trainer does), then the optimizer step if any.
+    `host`: the batch's host copy, from which the t+k plan is made, as the trainer does (else the forward
+    reads the device batch back)."""
+    plan = None if fm_only or host is None else policy.plan_targets(host)
     with torch.autocast(batch.action.device.type, dtype=dtype, enabled=dtype is not None):
-        out = policy(batch, fm_only=fm_only)
+        out = policy(batch, fm_only=fm_only, plan=plan)
         total, _ = reduce_losses(out, policy.config.action_model.loss_weights)
     total.backward()
     if optimizer is not None:
