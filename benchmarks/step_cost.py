@@ -8,7 +8,8 @@ Two counts per step (forward and backward, no optimizer), fm-only beside each SA
          mid config (89M) on an H200, whose GPU is busy under a quarter of the step
 Both are exact and the same on any machine: the step runs on PyTorch's meta device (shapes
 only, no data), with the VLM built from its config alone, so the large config costs seconds
-and no memory. Timings belong to gpu_check.py; these counts say what the timings can become.
+and no memory. The step runs in float32: the casts that bf16 autocast adds on a GPU are not
+counted. Timings belong to gpu_check.py; these counts say what the timings can become.
 
 Modes: fm_only; sagr at each chain length L (datasets.vla_data.chain_length; L = 1 is the
 naive step, every valid pair through the target pass), with target_pass separate and fused.
@@ -40,21 +41,26 @@ from sagrflow.model.policy import SAGRPolicy  # noqa: E402
 
 
 class OpCounter(TorchDispatchMode):
-    """Counts the ATen operators dispatched inside it that compute on the device (meta) tensors:
-    views launch nothing, nor does host-side tensor work (token ids, positions). Attention counts
-    one operator forward and one backward, as CUDA's fused kernels run it; on the meta device
-    torch would run its math decomposition (two matmuls, a softmax, scalings) instead."""
+    """Counts, per phase ("forward", then "backward" once the caller sets `phase`), the ATen
+    operators dispatched inside it that compute on the device (meta) tensors: views launch
+    nothing, nor does host-side tensor work (token ids, positions). Attention counts one operator
+    each way, as CUDA's fused kernels run it; on the meta device torch would run its math
+    decomposition (two matmuls, a softmax, scalings) instead."""
 
     def __init__(self):
         super().__init__()
-        self.ops: Counter[str] = Counter()
+        self.ops: dict[str, Counter[str]] = {"forward": Counter(), "backward": Counter()}
+        self.phase = "forward"
         self.paused = False
+
+    def count(self, name: str) -> None:
+        self.ops[self.phase][name] += 1
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         out = func(*args, **(kwargs or {}))
         if not self.paused and not func.is_view and func is not torch.ops.aten._unsafe_view.default and any(
                 t.is_meta for t in tree_leaves((args, kwargs, out)) if isinstance(t, torch.Tensor)):
-            self.ops[str(func.overloadpacket)] += 1
+            self.count(str(func.overloadpacket))
         return out
 
     def __enter__(self):
@@ -76,7 +82,7 @@ class _FusedAttention(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, counter, attend, q, k, v):
-        counter.ops["aten.scaled_dot_product_attention"] += 1
+        counter.count("aten.scaled_dot_product_attention")
         counter.paused = True
         try:
             with torch.enable_grad():  # the math's own graph, for backward (no recomputation)
@@ -90,7 +96,7 @@ class _FusedAttention(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad):
         counter = ctx.counter
-        counter.ops["aten.scaled_dot_product_attention_backward"] += 1
+        counter.count("aten.scaled_dot_product_attention_backward")
         counter.paused = True
         try:
             grads = torch.autograd.grad(ctx.out, ctx.inputs, grad)
@@ -113,16 +119,17 @@ def count_step(policy: SAGRPolicy, batch_size: int, fm_only: bool, chain: int, t
     batch = host.to("meta")
     # warm-up: the backbone remembers its host inputs per prompt and image grid after the first step
     reduce_losses(policy(batch, fm_only=fm_only, plan=plan), policy.config.action_model.loss_weights)[0].backward()
-    forward, backward = OpCounter(), OpCounter()
-    with FlopCounterMode(display=False) as flops:
-        with forward:
-            out = policy(batch, fm_only=fm_only, plan=plan)
-            total, _ = reduce_losses(out, policy.config.action_model.loss_weights)
-        with backward:
-            total.backward()
+    policy.zero_grad(set_to_none=True)  # as a trainer step starts: no gradient to accumulate into
+    counter = OpCounter()
+    with FlopCounterMode(display=False) as flops, counter:
+        out = policy(batch, fm_only=fm_only, plan=plan)
+        total, _ = reduce_losses(out, policy.config.action_model.loss_weights)
+        counter.phase = "backward"
+        total.backward()
     policy.zero_grad(set_to_none=True)
-    fwd, bwd = sum(forward.ops.values()), sum(backward.ops.values())
-    return {"flops": flops.get_total_flops(), "ops": fwd + bwd, "ops_fwd": fwd, "ops_bwd": bwd}
+    fwd, bwd = (sum(counter.ops[phase].values()) for phase in ("forward", "backward"))
+    return {"flops": flops.get_total_flops(), "ops": fwd + bwd, "ops_fwd": fwd, "ops_bwd": bwd,
+            "by_op": {phase: dict(c) for phase, c in counter.ops.items()}}
 
 
 def run_config(name: str, root: Path, batch_size: int, chains: list[int]) -> list[dict]:

@@ -25,3 +25,16 @@ def test_step_counts_follow_the_target_pass_and_the_chains(tmp_path):
         assert fused["flops"] > separate["flops"]  # backward runs over the appended rows too
         assert fused["ops_fwd"] < separate["ops_fwd"]  # ... but the second VLM call is gone
     assert rows["sagr_fused", 4]["ops"] / fm["ops"] == pytest.approx(rows["sagr_fused", 4]["ops_ratio"])
+
+
+def test_attention_counts_one_operator_each_way_in_its_own_phase(tmp_path):
+    policy = step_cost.build_shapes("tiny", tmp_path)
+    by_op = step_cost.count_step(policy, 4, False, 2, "fused")["by_op"]
+    forward, backward = by_op["forward"], by_op["backward"]
+    calls = forward["aten.scaled_dot_product_attention"]
+    assert calls > 0 and backward["aten.scaled_dot_product_attention_backward"] == calls
+    assert "aten.scaled_dot_product_attention_backward" not in forward
+    # nothing of attention's math decomposition is counted, either way: its softmax, and the batched
+    # matmuls, at least two per call in backward (the observation summary's own einsum has a few)
+    assert "aten._safe_softmax" not in forward
+    assert backward.get("aten.bmm", 0) < calls

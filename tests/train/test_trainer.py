@@ -391,3 +391,25 @@ def test_a_cuda_step_waits_for_the_gpu_only_to_read_its_metrics(make_config, mon
     finally:
         torch.cuda.set_sync_debug_mode(0)
     assert len(reads) == 2
+
+
+def test_the_gradient_norm_is_read_whatever_form_the_clip_returns(tmp_path):
+    """accelerate's clip returns a tensor (DDP, one process), None (DeepSpeed) or, under FSDP2, a DTensor."""
+    import torch.distributed as dist
+    from torch.distributed.device_mesh import init_device_mesh
+    from torch.distributed.tensor import Shard, distribute_tensor
+
+    from sagrflow.train.trainer import _norm_vector
+
+    like = torch.zeros(3)
+    assert _norm_vector(torch.tensor(2.5, dtype=torch.float64), like).tolist() == [2.5]
+    assert math.isnan(_norm_vector(None, like).item())
+    dist.init_process_group("gloo", store=dist.FileStore(str(tmp_path / "store"), 1), rank=0, world_size=1)
+    try:
+        p = torch.nn.Parameter(distribute_tensor(torch.full((8, 4), 1.0), init_device_mesh("cpu", (1,)), [Shard(0)]))
+        (p.sum() * 2).backward()
+        norm = torch.nn.utils.clip_grad_norm_([p], float("inf"))
+        assert type(norm).__name__ == "DTensor"
+        assert torch.cat([like, _norm_vector(norm, like)]).tolist() == [0.0, 0.0, 0.0, pytest.approx(2 * 32**0.5)]
+    finally:
+        dist.destroy_process_group()

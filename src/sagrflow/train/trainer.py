@@ -18,6 +18,7 @@ from collections.abc import Iterator
 from contextlib import nullcontext
 
 import torch
+from torch.distributed.tensor import DTensor
 
 from sagrflow.core.batch import Batch
 from sagrflow.core.config import ConfigError, to_dict
@@ -175,7 +176,7 @@ class Trainer:
         acc, t = self.accelerator, self.cfg.trainer
         w = sagr_weights(self.state.step, t.sagr_phase_a_steps, t.sagr_phase_b_ramp_steps, self.base_weights)
         n_samples, n_valid = self._global_counts(micro_batches)
-        stats: dict[str, torch.Tensor] = {_VALID_RATIO: n_valid / n_samples}
+        stats: dict[str, torch.Tensor] = {}
         for batch in micro_batches:
             # the t+k plan from the host copy, so the forward reads nothing back from the device
             plan = None if t.fm_only else self.policy.plan_targets(batch)
@@ -191,7 +192,7 @@ class Trainer:
             self._accumulate(stats, total, terms, change, out, len(micro_batches))
         report_groups = group_grad_norms(self.optimizer) if not self._reported else None
         grad_norm = acc.clip_grad_norm_(self.model.parameters(), t.max_grad_norm or float("inf"))
-        values = self._reduce(stats, grad_norm)  # the step's one read from the device
+        values = self._reduce(stats, grad_norm, n_valid / n_samples)  # the step's one read from the device
         # under DeepSpeed the engine owns clipping and reports no norm before its step: loss only
         norm_ok = grad_norm is None or _finite(values["optim/grad_norm"])
         skipped = not (_finite(values["loss/total"]) and norm_ok)
@@ -234,7 +235,9 @@ class Trainer:
             name = f"debug/absmax/{key}"
             stats[name] = torch.maximum(stats[name], v) if name in stats else v
 
-    def _reduce(self, stats: dict, grad_norm) -> dict[str, float]:
+    def _reduce(self, stats: dict, grad_norm, valid_ratio: torch.Tensor) -> dict[str, float]:
+        """The step's metrics, reduced over the ranks, in one read: `stats` (shares and diagnostics of
+        this rank), the clipped gradient's norm (None under DeepSpeed) and the step's global valid_tk ratio."""
         acc = self.accelerator
         names = [k for k in stats if not k.startswith("debug/absmax/")]
         names.append(_STOP)
@@ -244,11 +247,11 @@ class Trainer:
         if acc.num_processes > 1:
             vec = acc.reduce(vec, "mean")  # shares are scaled by the world size: their mean is the global value
             torch.distributed.all_reduce(peaks, op=torch.distributed.ReduceOp.MAX)
-        norm = (vec.new_full((1,), float("nan")) if grad_norm is None
-                else torch.as_tensor(grad_norm, dtype=torch.float32, device=vec.device).reshape(1))
-        read = torch.cat([vec, peaks.float(), norm]).tolist()  # one read for all of them
-        out = dict(zip([*names, *(f"debug/absmax/{k}" for k in _ABSMAX), "optim/grad_norm"], read, strict=True))
-        out["debug/temporal/valid_tk_ratio"] = out[_VALID_RATIO]
+        norm = _norm_vector(grad_norm, vec)
+        read = torch.cat([vec, peaks.float(), norm, valid_ratio.float().reshape(1)]).tolist()  # one read for all
+        keys = [*names, *(f"debug/absmax/{k}" for k in _ABSMAX), "optim/grad_norm", "debug/loss/valid_tk_ratio"]
+        out = dict(zip(keys, read, strict=True))
+        out["debug/temporal/valid_tk_ratio"] = out["debug/loss/valid_tk_ratio"]
         out.update(_world_skill(out))
         return out
 
@@ -370,7 +373,6 @@ class Trainer:
 
 
 _STOP = "control/stop_requested"
-_VALID_RATIO = "debug/loss/valid_tk_ratio"  # also logged as debug/temporal/valid_tk_ratio
 
 
 def _changed_keys(old, new, prefix: str = "") -> list[str]:
@@ -396,6 +398,17 @@ def _target_cache(policy: SAGRPolicy, t) -> TargetCache | None:
     step that the backbone is still frozen and unchanged, and bypasses the cache otherwise."""
     frozen = not any(p.requires_grad for p in policy.backbone.parameters())
     return TargetCache(t.target_cache_mb << 20) if frozen and t.target_cache_mb and not t.fm_only else None
+
+
+def _norm_vector(grad_norm, like: torch.Tensor) -> torch.Tensor:
+    """The gradient norm that `accelerator.clip_grad_norm_` returned -> (1,) float32 on `like`'s device:
+    NaN for None (DeepSpeed reports none before its step); FSDP2's DTensor, replicated over its mesh,
+    as its full value."""
+    if grad_norm is None:
+        return like.new_full((1,), float("nan"), dtype=torch.float32)
+    if isinstance(grad_norm, DTensor):
+        grad_norm = grad_norm.full_tensor()
+    return torch.as_tensor(grad_norm, dtype=torch.float32, device=like.device).reshape(1)
 
 
 def _finite(x: float) -> bool:
