@@ -18,7 +18,8 @@ and 12 of its 36 LLM layers, DiT of width 1024), under bf16 autocast, medians of
                      window or image, positions built on the device), which sagrflow replaces
         fm_only_hf_inputs, sagr_chain_fused_hf_inputs  fm_only and sagr_chain_fused with the LLM's
                      attention mask and transformers' masked_scatter of the image features: the
-                     device read-backs (syncs) that `VLMBackbone.call_inputs` leaves out
+                     device read-backs (syncs) that `VLMBackbone.call_inputs` leaves out; and the
+                     target plan read back from the device batch, not made from the host copy
       and the ratio of each to fm_only;
   (c) predict_action latency with 10 Euler steps against 1, and their ratio, with the Euler loop
       replayed as a CUDA graph (the default) and eager, and how far the two chunks differ.
@@ -67,25 +68,25 @@ def train_times(policies: dict[bool, object], batch_size: int, iters: int, devic
     hosts = {m: fake_batch(batch_size, "cpu", chain_length if chained else 1) for m, (_, chained, _, _) in modes.items()}
     batches = {m: host.to(device) for m, host in hosts.items()}
 
-    def step(mode: str, batch=None) -> None:
+    def step(mode: str, host=None, read_plan: bool = False) -> None:
+        """One step of `mode` on its batch, or on `host` moved to the device; the t+k plan made from the
+        host copy, as the trainer does, unless `read_plan` (the forward then reads it back, as it used to)."""
         fm, _, target_pass, compiled = TRAIN_MODES[mode]
         policies[compiled].config.action_model.target_pass = target_pass
-        if batch is None:  # the t+k plan from the host copy, as the trainer makes it
-            batch, host = batches[mode], hosts[mode]
-        else:
-            host = None
-        train_step(policies[compiled], batch, fm, optimizers[compiled], dtype, host)
+        batch = batches[mode] if host is None else host.to(device)
+        host = hosts[mode] if host is None else host
+        train_step(policies[compiled], batch, fm, optimizers[compiled], dtype, None if read_plan else host)
 
     steps = {m: partial(step, m) for m in modes}
-    for mode in ("fm_only", "sagr_chain_fused"):
-        steps[f"{mode}_hf_inputs"] = partial(hf_inputs, policies[False], steps[mode])
+    for mode in ("fm_only", "sagr_chain_fused"):  # every read-back the step used to have, the plan's included
+        steps[f"{mode}_hf_inputs"] = partial(hf_inputs, policies[False], partial(step, mode, read_plan=True))
     if hf:
         steps["fm_only_hf_vision"] = partial(hf_vision, policies[False], steps["fm_only"])
     compile_start = time.perf_counter()
     if "sagr_chain_fused_compiled" in steps:
         # the compile, outside the timing: a second prompt length first (the VLM sequence changes from batch
         # to batch in training), then the timed batch a few times (CUDA graphs record at the second call)
-        compiled = batches["sagr_chain_fused_compiled"]
+        compiled = hosts["sagr_chain_fused_compiled"]
         step("sagr_chain_fused_compiled", replace(compiled, lang=tuple(s + " then close the drawer" for s in compiled.lang)))
         for _ in range(3):
             steps["sagr_chain_fused_compiled"]()

@@ -7,8 +7,8 @@ Two counts per step (forward and backward, no optimizer), fm-only beside each SA
          GPU: what sets the step where the host issuing them is the bottleneck, as with the
          mid config (89M) on an H200, whose GPU is busy under a quarter of the step
 Both are exact and the same on any machine: the step runs on PyTorch's meta device (shapes
-only, no data), with the VLM built from its config alone, so the large config costs seconds
-and no memory. The step runs in float32: the casts that bf16 autocast adds on a GPU are not
+only, no data), with the VLM built from its config alone, so the large config costs about 4 s
+a count and under 2 GB. The step runs in float32: the casts that bf16 autocast adds on a GPU are not
 counted. Timings belong to gpu_check.py; these counts say what the timings can become.
 
 Modes: fm_only; sagr at each chain length L (datasets.vla_data.chain_length; L = 1 is the

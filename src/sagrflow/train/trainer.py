@@ -18,7 +18,6 @@ from collections.abc import Iterator
 from contextlib import nullcontext
 
 import torch
-from torch.distributed.tensor import DTensor
 
 from sagrflow.core.batch import Batch
 from sagrflow.core.config import ConfigError, to_dict
@@ -406,7 +405,7 @@ def _norm_vector(grad_norm, like: torch.Tensor) -> torch.Tensor:
     as its full value."""
     if grad_norm is None:
         return like.new_full((1,), float("nan"), dtype=torch.float32)
-    if isinstance(grad_norm, DTensor):
+    if hasattr(grad_norm, "full_tensor"):  # a DTensor (not imported: torch builds without distributed lack it)
         grad_norm = grad_norm.full_tensor()
     return torch.as_tensor(grad_norm, dtype=torch.float32, device=like.device).reshape(1)
 
