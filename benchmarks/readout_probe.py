@@ -94,7 +94,7 @@ class ProbePolicy:
     def reset(self, slot, episode) -> None:
         self.lang[slot] = episode.instruction
 
-    def act(self, observations, slots, checks=None):
+    def act(self, observations, slots, checks=None, elapsed=None):
         from sagrflow.eval.policies import CAMERAS, Chunk
 
         # the loader's own resize, so the probe sees at evaluation what it trained on

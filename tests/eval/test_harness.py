@@ -23,18 +23,21 @@ class CallIndexPolicy:
         self.calls: dict[int, int] = {}
         self.batches = record if record is not None else []
         self.checks: list[list[bool]] = []
+        self.elapsed: list[list[int]] = []
 
     def reset(self, slot, episode):
         self.calls[slot] = 0
 
-    def act(self, observations, slots, checks=None):
+    def act(self, observations, slots, checks=None, elapsed=None):
         self.batches.append(len(slots))
         self.checks.append(list(checks))
+        self.elapsed.append(list(elapsed))
         out = []
         for s in slots:
             self.calls[s] += 1
             n = self.calls[s]
-            out.append(Chunk(np.full((self.horizon, 7), float(n), np.float32), replan=n in self.replan_calls))
+            out.append(Chunk(np.full((self.horizon, 7), float(n), np.float32), replan=n in self.replan_calls,
+                             residual=elapsed[len(out)] == 3))  # as a policy whose world model predicts 3 on
         return out
 
 
@@ -58,6 +61,9 @@ def test_rrr_signal_drops_the_rest_of_the_chunk_and_a_calm_check_keeps_it():
     # the policy is told which calls only check a running chunk (steps 3, 6, 9), so it can keep the
     # running chunk's world-model memory when it does not replan
     assert policy.checks == [[False], [True], [True], [True], [False]]
+    # and how many steps it executed since it adopted its last chunk (the world model's horizon)
+    assert policy.elapsed == [[0], [3], [3], [6], [8]]
+    assert r.residuals == 2
 
 
 def test_success_ends_the_episode_early():

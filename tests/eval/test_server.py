@@ -118,6 +118,7 @@ def test_reply_envelope_on_the_wire(server):
     ({"type": "infer", "payload": {"examples": [example(state=np.zeros(3))]}}, "dims"),
     ({"type": "infer", "payload": {"examples": [example()], "num_steps": 0}}, "num_steps"),
     ({"type": "infer", "payload": {"examples": [example(check="yes")]}}, "['check'] must be a bool"),
+    ({"type": "infer", "payload": {"examples": [example(elapsed=-2)]}}, "'elapsed' must be an int >= 0"),
     ({"type": "dance", "request_id": 7}, "unsupported request type"),
 ])
 def test_malformed_requests_get_error_replies_and_the_server_lives_on(server, msg, needle):
@@ -178,6 +179,12 @@ def test_episode_ids_and_checks_reach_the_policy_memory(server, policy, monkeypa
         calm = client.infer([example(1, episode_id=3, check=True)])
         assert not calm["replan"][0]  # a calm check leaves the running chunk's prediction in place
         assert torch.equal(next(iter(policy._memory.values())).pred_next, kept)
+        # elapsed says when a call comes: only k steps after the chunk does it see a residual
+        k = 4
+        monkeypatch.setattr(policy.config.action_model, "temporal_delta_k", k)
+        early = client.infer([example(2, episode_id=3, check=True, elapsed=k - 1)])
+        at_k = client.infer([example(2, episode_id=3, check=True, elapsed=k)])
+        assert (early["residual"][0], early["rrr"][0], at_k["residual"][0]) == (False, 0.0, True) and at_k["rrr"][0] > 0
         client.infer([example(2, episode_id=3)])  # an issued chunk replaces it
         assert not torch.equal(next(iter(policy._memory.values())).pred_next, kept)
         client.reset(3)
@@ -197,7 +204,7 @@ class SlowPolicy:
         time.sleep(self.delay)
         b = len(observations)
         return {"actions": np.ones((b, 2, 3)), "actions_normalized": np.zeros((b, 2, 3)), "rrr": np.zeros(b),
-                "replan": np.zeros(b, bool)}
+                "replan": np.zeros(b, bool), "residual": np.zeros(b, bool)}
 
     def reset(self, key=None):
         pass

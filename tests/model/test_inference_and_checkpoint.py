@@ -129,6 +129,35 @@ def test_a_calm_check_keeps_the_issued_chunks_memory_and_a_replan_replaces_it(ti
     assert (policy._memory["e"].pred_next - memory).abs().max() > 1e-6
 
 
+
+def test_only_a_call_k_steps_after_its_chunk_sees_a_residual(tiny_dir):
+    policy = build_policy(tiny_dir, drift_eta=0.5, rrr_threshold=0.0, temporal_delta_k=3).eval()
+
+    def second_call(**kw):  # call 1 issues a chunk (and its prediction for 3 steps on), call 2 comes later
+        policy.reset()
+        predict(policy, [dict(observation(0), episode_id="e", elapsed=0)])
+        return predict(policy, [dict(observation(3), episode_id="e", **kw)], seed=1)
+
+    at_k = second_call(elapsed=3)
+    assert at_k["residual"][0] and at_k["rrr"][0] > 0 and at_k["replan"][0]
+    # 2 steps on, the prediction is for another step: no residual, so no drift and no RRR
+    early = second_call(elapsed=2)
+    assert not early["residual"][0] and early["rrr"][0] == 0.0 and not early["replan"][0]
+    policy.reset()
+    no_memory = predict(policy, [dict(observation(3), episode_id="e")], seed=1)
+    np.testing.assert_array_equal(early["actions"], no_memory["actions"])  # the plain flow chunk
+    assert np.abs(at_k["actions"] - early["actions"]).max() > 1e-6  # at k, the drift acts
+    # without "elapsed" the call is taken to come k steps on, and the policy says so
+    with pytest.warns(UserWarning, match="without 'elapsed'"):
+        unsaid = second_call()
+    np.testing.assert_array_equal(unsaid["actions"], at_k["actions"])
+    for bad in (-1, 2.5, True, "3"):
+        with pytest.raises(ValueError, match="'elapsed' must be an int"):
+            second_call(elapsed=bad)
+    # a checkpoint from before k was recorded: every call with memory sees its residual, as before
+    policy.config.action_model.temporal_delta_k = None
+    assert second_call(elapsed=2)["residual"][0]
+
 def test_seeded_noise_follows_the_episode_not_the_batch(policy):
     a, b = dict(observation(0), episode_id="a"), dict(observation(1), episode_id="b")
     policy.reset()

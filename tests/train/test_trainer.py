@@ -251,9 +251,10 @@ def test_training_and_inference_image_sizes_must_agree(make_config):
         Trainer(make_config(**{"datasets.vla_data.image_size": [56, 56], "framework.backbone.image_size": [112, 112]}))
 
 
-def test_the_camera_count_is_recorded_checked_and_kept_on_resume(make_config):
-    """The trainer writes the data's camera count into the policy config (which predict_action checks),
-    refuses another, and resumes a checkpoint saved before the count was recorded."""
+def test_the_camera_count_and_k_are_recorded_checked_and_kept_on_resume(make_config):
+    """The trainer writes the data's camera count and temporal_delta_k into the policy config (which
+    predict_action checks cameras by and aligns its residual by), refuses others, and resumes a
+    checkpoint saved before either was recorded."""
     import json
 
     import yaml
@@ -263,16 +264,20 @@ def test_the_camera_count_is_recorded_checked_and_kept_on_resume(make_config):
 
     with pytest.raises(ConfigError, match=r"framework.backbone.cameras=1 but the data has 2 cameras"):
         Trainer(make_config(**{"framework.backbone.cameras": 1}))
+    with pytest.raises(ConfigError, match=r"framework.action_model.temporal_delta_k=5 but the data has 7"):
+        Trainer(make_config(**{"framework.action_model.temporal_delta_k": 5}))
     trainer = Trainer(make_config(**{"trainer.max_train_steps": 1, "trainer.save_interval": 1}))
     trainer.fit()
     saved = latest_checkpoint(trainer.run_dir) / POLICY_DIR
-    assert json.loads((saved / "config.json").read_text())["backbone"]["cameras"] == 2
-    assert yaml.safe_load((trainer.run_dir / "config.yaml").read_text())["framework"]["backbone"]["cameras"] == 2
-    old = json.loads((saved / "config.json").read_text())
-    del old["backbone"]["cameras"]  # a checkpoint from before the count was recorded
-    (saved / "config.json").write_text(json.dumps(old))
+    policy_config = json.loads((saved / "config.json").read_text())
+    run_config = yaml.safe_load((trainer.run_dir / "config.yaml").read_text())["framework"]
+    for config in (policy_config, run_config):
+        assert config["backbone"]["cameras"] == 2 and config["action_model"]["temporal_delta_k"] == 7
+    del policy_config["backbone"]["cameras"]  # a checkpoint from before the count and k were recorded
+    del policy_config["action_model"]["temporal_delta_k"]
+    (saved / "config.json").write_text(json.dumps(policy_config))
     resumed = Trainer(make_config(**{"trainer.max_train_steps": 2, "trainer.save_interval": 1}))
-    assert resumed.policy.config.backbone.cameras == 2
+    assert resumed.policy.config.backbone.cameras == 2 and resumed.policy.config.action_model.temporal_delta_k == 7
 
 
 def test_an_accelerate_config_cannot_silently_change_accumulation(make_config, monkeypatch):

@@ -70,7 +70,7 @@ class PolicyClient:
 
     def infer(self, examples: Sequence[dict], num_steps: int | None = None) -> dict:
         """examples: [{"image": [HWC uint8...], "lang": str, "state"?: array, "episode_id"?: ...}]
-        -> data {"actions", "normalized_actions" (B, H, A), "rrr" (B,), "replan" (B,)}."""
+        -> data {"actions", "normalized_actions" (B, H, A), "rrr" (B,), "replan" (B,), "residual" (B,)}."""
         payload: dict = {"examples": list(examples)}
         if num_steps is not None:
             payload["num_steps"] = num_steps
@@ -120,8 +120,9 @@ class RemotePolicy:
         self.client.reset(episode.key)
 
     def act(self, observations: Sequence[dict], slots: Sequence[int],
-            checks: Sequence[bool] | None = None) -> list[Chunk]:
-        examples = model_inputs(observations, [self._episodes[s] for s in slots], self.cameras, checks)
+            checks: Sequence[bool] | None = None, elapsed: Sequence[int] | None = None) -> list[Chunk]:
+        examples = model_inputs(observations, [self._episodes[s] for s in slots], self.cameras, checks, elapsed)
         data = self.client.infer(examples, self.num_steps)
-        return [Chunk(np.asarray(data["actions"][i], np.float32), bool(data["replan"][i]), float(data["rrr"][i]))
-                for i in range(len(examples))]
+        residual = data.get("residual", [False] * len(examples))  # absent from servers before it
+        return [Chunk(np.asarray(data["actions"][i], np.float32), bool(data["replan"][i]), float(data["rrr"][i]),
+                      bool(residual[i])) for i in range(len(examples))]

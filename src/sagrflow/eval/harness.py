@@ -1,7 +1,9 @@
 """Closed-loop rollouts with action chunking and RRR replanning.
 
 Each environment slot executes the first `execute_steps` actions of a chunk, then asks
-for a new one. With `check_every` set, the slot also asks mid-chunk every that many
+for a new one, telling the policy how many steps it executed: SA-GR's world model predicts
+the tokens k = temporal_delta_k steps after a chunk is issued, so its residual (drift, RRR)
+exists only at calls k steps after one. With `check_every` set, the slot also asks mid-chunk every that many
 steps; when the answer's RRR signal says the world did not move as the policy's world
 model predicted (`Chunk.replan`), the rest of the running chunk is dropped and the new
 one is executed; otherwise the running chunk goes on and the answer is discarded.
@@ -59,6 +61,7 @@ class EpisodeResult:
     queries: int  # policy calls for this episode
     replans: int  # chunks cut short by the RRR signal
     video: str | None = None
+    residuals: int = 0  # calls that saw a world-model residual (k steps after the chunk they follow)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -76,6 +79,7 @@ class _Slot:
     steps: int = 0
     queries: int = 0
     replans: int = 0
+    residuals: int = 0
     frames: list | None = None
 
 
@@ -136,10 +140,11 @@ def _query(policy: Policy, running: dict[int, tuple[int, _Slot]], cfg: RolloutCo
            if not s.plan or (cfg.check_every and s.since_chunk and s.since_chunk % cfg.check_every == 0)]
     if not due:
         return
-    chunks = policy.act([running[slot][1].obs for slot in due], due, [bool(running[slot][1].plan) for slot in due])
-    for slot, chunk in zip(due, chunks, strict=True):
-        s = running[slot][1]
+    slots = [running[slot][1] for slot in due]
+    chunks = policy.act([s.obs for s in slots], due, [bool(s.plan) for s in slots], [s.since_chunk for s in slots])
+    for s, chunk in zip(slots, chunks, strict=True):
         s.queries += 1
+        s.residuals += chunk.residual
         if not s.plan:
             _adopt(s, chunk, cfg)
         elif chunk.replan:  # the world surprised the policy: drop the rest of the running chunk
@@ -171,7 +176,7 @@ def _finish(s: _Slot, success: bool, instruction: str, video_dir: str | Path | N
         path = Path(video_dir) / f"{s.job.task.replace('/', '_')}_seed{s.job.seed}.mp4"
         video = str(write_rollout_video(s.frames, instruction, path, label=f"{s.job.task} seed {s.job.seed}",
                                         success=success))
-    return EpisodeResult(s.job.task, s.job.seed, success, s.steps, s.queries, s.replans, video)
+    return EpisodeResult(s.job.task, s.job.seed, success, s.steps, s.queries, s.replans, video, s.residuals)
 
 
 def _film_frame(obs: dict) -> dict:

@@ -1,9 +1,10 @@
 """What the rollout harness drives: a tiny batched policy protocol and its adapters.
 
 A policy serves several environment slots at once (the harness steps them in lockstep):
-`reset(slot, episode)` starts an episode in a slot, `act(observations, slots, checks)` returns
-one action chunk per slot asked; `checks[i]` says slot i is still executing a chunk and asks
-only whether to replan (the harness adopts the answer only if it replans). Adapters: the SA-GR checkpoint, the sim's scripted expert (it
+`reset(slot, episode)` starts an episode in a slot, `act(observations, slots, checks, elapsed)`
+returns one action chunk per slot asked; `checks[i]` says slot i is still executing a chunk and asks
+only whether to replan (the harness adopts the answer only if it replans), `elapsed[i]` how many
+steps slot i has executed since it adopted its last chunk. Adapters: the SA-GR checkpoint, the sim's scripted expert (it
 reads the privileged scene, so it only runs on the built-in sim), a uniform random policy
 and a zero policy (the "do nothing" baseline).
 
@@ -44,6 +45,7 @@ class Chunk:
     actions: np.ndarray  # (H, A) float32, un-normalized
     replan: bool = False  # RRR above threshold: drop the rest of the chunk being executed
     rrr: float = 0.0
+    residual: bool = False  # the answer saw a world-model residual (a prediction made for this step)
 
     def __post_init__(self):
         if self.actions.ndim != 2 or len(self.actions) == 0:
@@ -56,19 +58,24 @@ class Policy(Protocol):
     def reset(self, slot: int, episode: Episode) -> None: ...
 
     def act(self, observations: Sequence[dict], slots: Sequence[int],
-            checks: Sequence[bool] | None = None) -> list[Chunk]: ...
+            checks: Sequence[bool] | None = None, elapsed: Sequence[int] | None = None) -> list[Chunk]: ...
 
 
 def model_inputs(observations: Sequence[dict], episodes: Sequence[Episode], cameras: Sequence[str],
-                 checks: Sequence[bool] | None) -> list[dict]:
+                 checks: Sequence[bool] | None, elapsed: Sequence[int] | None = None) -> list[dict]:
     """Environment observations of the slots asked -> `predict_action` observations (the server's examples)."""
     out = []
-    for obs, episode, check in zip(observations, episodes, checks or [False] * len(episodes), strict=True):
+    n = len(episodes)
+    for obs, episode, check, steps in zip(observations, episodes, checks or [False] * n, elapsed or [None] * n,
+                                          strict=True):
         missing = [k for k in cameras if k not in obs]
         if missing:
             raise ValueError(f"observation lacks cameras {missing}; it has {sorted(obs)}")
-        out.append({"image": [obs[k] for k in cameras], "lang": episode.instruction, "state": obs.get("state"),
-                    "episode_id": episode.key, "check": check})
+        example = {"image": [obs[k] for k in cameras], "lang": episode.instruction, "state": obs.get("state"),
+                   "episode_id": episode.key, "check": check}
+        if steps is not None:
+            example["elapsed"] = int(steps)
+        out.append(example)
     return out
 
 
@@ -91,7 +98,7 @@ class ExpertPolicy:
         self._slots[slot] = (episode.env, ScriptedExpert(noise=self.noise, seed=episode.seed))
 
     def act(self, observations: Sequence[dict], slots: Sequence[int],
-            checks: Sequence[bool] | None = None) -> list[Chunk]:
+            checks: Sequence[bool] | None = None, elapsed: Sequence[int] | None = None) -> list[Chunk]:
         return [Chunk(self._slots[s][1].act(self._slots[s][0])[None]) for s in slots]
 
 
@@ -108,7 +115,7 @@ class RandomPolicy:
         self._rngs[slot] = np.random.default_rng(episode.seed)
 
     def act(self, observations: Sequence[dict], slots: Sequence[int],
-            checks: Sequence[bool] | None = None) -> list[Chunk]:
+            checks: Sequence[bool] | None = None, elapsed: Sequence[int] | None = None) -> list[Chunk]:
         return [Chunk(self._rngs[s].uniform(-1, 1, (self.horizon, self.action_dim)).astype(np.float32))
                 for s in slots]
 
@@ -126,7 +133,7 @@ class ZeroPolicy:
         pass
 
     def act(self, observations: Sequence[dict], slots: Sequence[int],
-            checks: Sequence[bool] | None = None) -> list[Chunk]:
+            checks: Sequence[bool] | None = None, elapsed: Sequence[int] | None = None) -> list[Chunk]:
         return [Chunk(self.chunk.copy()) for _ in slots]
 
 
@@ -159,11 +166,11 @@ class SAGRAdapter:
         self.policy.reset(episode.key)
 
     def act(self, observations: Sequence[dict], slots: Sequence[int],
-            checks: Sequence[bool] | None = None) -> list[Chunk]:
-        batch = model_inputs(observations, [self._episodes[s] for s in slots], self.cameras, checks)
+            checks: Sequence[bool] | None = None, elapsed: Sequence[int] | None = None) -> list[Chunk]:
+        batch = model_inputs(observations, [self._episodes[s] for s in slots], self.cameras, checks, elapsed)
         out = self.policy.predict_action(batch, num_steps=self.num_steps, seed=self.seed)
-        return [Chunk(out["actions"][i].astype(np.float32), bool(out["replan"][i]), float(out["rrr"][i]))
-                for i in range(len(batch))]
+        return [Chunk(out["actions"][i].astype(np.float32), bool(out["replan"][i]), float(out["rrr"][i]),
+                      bool(out["residual"][i])) for i in range(len(batch))]
 
 
 def resolve_checkpoint(path: str | Path) -> Path:

@@ -37,6 +37,7 @@ def _rate(results: Sequence[EpisodeResult]) -> dict:
         "episodes": n, "successes": k, "success_rate": k / n if n else 0.0, "ci95": [lo, hi],
         "mean_steps": sum(r.steps for r in results) / n if n else 0.0,
         "replans": sum(r.replans for r in results), "queries": sum(r.queries for r in results),
+        "residuals": sum(r.residuals for r in results),
     }
 
 
@@ -65,6 +66,8 @@ def to_markdown(summary: dict) -> str:
     lo, hi = overall["ci95"]
     lines += ["", f"**Overall: {_pct(overall['success_rate'])}** ({overall['successes']}/{overall['episodes']}, "
               f"95% CI {_pct(lo)} - {_pct(hi)})", "",
+              f"Policy calls: {overall['queries']}; with a world-model residual (drift and RRR acting): "
+              f"{overall['residuals']}.", "",
               "| task | success | n | 95% CI | mean steps | RRR replans |", "|---|---:|---:|---|---:|---:|"]
     for task, rate in summary["per_task"].items():
         lo, hi = rate["ci95"]

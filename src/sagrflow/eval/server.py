@@ -7,10 +7,12 @@ request gets exactly one reply:
 - starVLA envelope: `{"type": "ping" | "infer" | "reset", "request_id": ..., "payload": {...}}`,
   or the same keys flat (no `type`: infer). An infer payload holds `examples`: a list of
   `{"image": [HWC uint8, camera order], "lang": str, "state"?: array, "episode_id"?: ...,
-  "check"?: bool (a mid-chunk check: the drift memory moves only if the answer replans)}`
+  "check"?: bool (a mid-chunk check: the drift memory moves only if the answer replans),
+  "elapsed"?: int (steps executed since the episode's chunk was issued: the drift and RRR act only
+  at the metadata's `temporal_delta_k`)}`
   and optionally `num_steps` (alias `num_ddim_steps`). The reply is
   `{"status": "ok", "ok": True, "type": "inference_result", "request_id", "data": {"actions",
-  "normalized_actions" (both (B, H, A)), "rrr", "replan"}}`, or `status "error"`, `ok False`
+  "normalized_actions" (both (B, H, A)), "rrr", "replan", "residual"}}`, or `status "error"`, `ok False`
   and `error: {"message": ...}`. starVLA's legacy reset (`{"reset": True, ...}`) is a reset.
 - openpi observation: a flat dict with `observation/image`, `observation/wrist_image`,
   `observation/state` and `prompt` -> `{"actions": (H, A), "server_timing": {...}}`; its
@@ -168,7 +170,7 @@ class PolicyServer:
         start = time.monotonic()
         out = await self._predict(examples, num_steps)
         data = {"actions": out["actions"], "normalized_actions": out["actions_normalized"],
-                "rrr": out["rrr"], "replan": out["replan"]}
+                "rrr": out["rrr"], "replan": out["replan"], "residual": out["residual"]}
         return {"status": "ok", "ok": True, "type": "inference_result", "request_id": rid, "data": data,
                 "server_timing": {"infer_ms": 1000 * (time.monotonic() - start)}}
 
@@ -215,6 +217,8 @@ class PolicyServer:
         check = ex.get("check", False)
         if not isinstance(check, bool | np.bool_):
             raise RequestError(f"examples[{i}]['check'] must be a bool, got {type(check).__name__}")
+        if ex.get("elapsed") is not None:  # checked by predict_action
+            out["elapsed"] = ex["elapsed"]
         key = (conn.id, _hashable(ex.get("episode_id", i)))
         conn.keys.add(key)
         out["episode_id"], out["check"] = key, bool(check)
@@ -303,5 +307,6 @@ def policy_metadata(policy: Any, checkpoint: str = "") -> dict:
         "state_dim": am.state_dim, "image_size": list(bb.image_size), "cameras": ["image", "wrist_image"],
         "num_cameras": bb.cameras,  # images per example the policy takes (framework.backbone.cameras); None: unchecked
         "rrr_threshold": am.rrr_threshold, "num_inference_timesteps": am.num_inference_timesteps,
+        "temporal_delta_k": am.temporal_delta_k,  # call k steps after a chunk for the drift to act; None: unknown
         "actions_normalized": policy.action_normalizer is not None,
     }

@@ -80,6 +80,10 @@ class ActionModelConfig:
     geometry_encoder: str = "depth"  # used when use_geometric_branch: depth | pointmap | mapanything
     geometry_checkpoint: str = ""  # local MapAnything weights directory (geometry_encoder: mapanything)
     rrr_threshold: float = 2.5  # residual ratio above which predict_action asks for a replan
+    # k: steps from the frame the world predictor reads to the frame it predicts (the data's
+    # temporal_delta_k; the trainer fills it). predict_action takes an observed residual only from
+    # a call k steps after the chunk it follows; null (checkpoints from before it): from any call
+    temporal_delta_k: int | None = None
     dit_depth: int | None = None  # DiT blocks; None: one per VLM layer
     dit_width: int = 256
     dit_heads: int = 4
@@ -102,6 +106,8 @@ class ActionModelConfig:
             raise ValueError(f"framework.action_model.observation_basis={self.observation_basis} must be >= 0 (0 = off)")
         if self.state_dim < 0:
             raise ValueError(f"framework.action_model.state_dim={self.state_dim} must be >= 0 (0 = no state)")
+        if self.temporal_delta_k is not None and self.temporal_delta_k < 1:
+            raise ValueError(f"framework.action_model.temporal_delta_k={self.temporal_delta_k} must be >= 1 or null")
         if self.dit_depth is not None and self.dit_depth < 1:
             raise ValueError(f"framework.action_model.dit_depth={self.dit_depth} must be >= 1 or null")
         if self.dit_width % self.dit_heads:

@@ -7,6 +7,7 @@ K task tokens, W width, L VLM sequence, D VLM hidden size.
 from __future__ import annotations
 
 import json
+import warnings
 import zlib
 from dataclasses import dataclass
 from functools import partial
@@ -319,13 +320,17 @@ class SAGRPolicy(nn.Module):
     def predict_action(self, observations: list[dict], num_steps: int | None = None,
                        generator: torch.Generator | None = None, seed: int | None = None) -> dict[str, np.ndarray]:
         """observations: B dicts {"image": [C HWC uint8 arrays], "lang": str, "state": (S,) raw,
-        optional "depth": [C (h, w) or (h, w, k) arrays], optional "episode_id", optional "check"} ->
-        {"actions": (B, H, A) un-normalized, "actions_normalized": (B, H, A), "rrr": (B,), "replan": (B,) bool}.
+        optional "depth": [C (h, w) or (h, w, k) arrays], optional "episode_id", optional "check",
+        optional "elapsed"} -> {"actions": (B, H, A) un-normalized, "actions_normalized": (B, H, A),
+        "rrr": (B,), "replan": (B,) bool, "residual": (B,) bool}.
 
         One VLM pass; the DiT's cross-attention keys/values are computed once and reused by
         every Euler step, and on a CUDA device the Euler loop is replayed as a CUDA graph
         (framework.action_model.cuda_graphs). The drift sees the observed residual: the tokens seen now minus
-        what the policy predicted for them when it issued the chunk being executed.
+        what the policy predicted for them when it issued the chunk being executed. That prediction is
+        for k = temporal_delta_k steps after the chunk was issued, so only a call then has a residual
+        ("residual" True); "elapsed", the environment steps executed since that chunk was issued, says
+        when a call comes. A call at any other step gets the plain flow chunk (no drift) and RRR 0.
 
         "check": True marks a mid-chunk check: the caller goes on executing the chunk it has unless
         this answer replans, so the row's memory changes only when it does. Noise: from `generator`
@@ -339,12 +344,13 @@ class SAGRPolicy(nn.Module):
         am = self.config.action_model
         device = self.head.action_out.weight.device
         images, lang, state, geometry, keys = prepare_observations(self, observations, device)
+        observed = self._observed(observations, keys)  # (B,) a prediction made for this very step
         enc = self.encode(images, lang, geometry)
-        prev = [self._memory.get(k) for k in keys]
         residual = torch.zeros_like(enc.task_tokens)  # (B, K, W)
         expected = torch.zeros(len(keys), device=device)
-        for i, m in enumerate(prev):
-            if m is not None:
+        for i, key in enumerate(keys):
+            if observed[i]:
+                m = self._memory[key]
                 residual[i] = enc.task_tokens[i] - m.pred_next
                 expected[i] = (m.pred_next - m.task_tokens).norm()
         rrr = torch.where(expected > 0, residual.flatten(1).norm(dim=1) / expected.clamp_min(1e-12),
@@ -364,7 +370,31 @@ class SAGRPolicy(nn.Module):
             "actions_normalized": x.float().cpu().numpy(),
             "rrr": rrr.float().cpu().numpy(),
             "replan": replan,
+            "residual": np.array(observed, dtype=bool),
         }
+
+    def _observed(self, observations: list[dict], keys: list) -> list[bool]:
+        """Whether each row's memory holds a prediction for the step it shows: the world predictor
+        predicts the tokens k steps after the frame it read (temporal_delta_k), so a call any other
+        number of steps after the chunk it follows has no residual to observe. A row without
+        "elapsed" is taken to come k steps on."""
+        k = self.config.action_model.temporal_delta_k
+        out = []
+        for i, (key, o) in enumerate(zip(keys, observations, strict=True)):
+            elapsed = o.get("elapsed")
+            if elapsed is not None and (isinstance(elapsed, bool) or not isinstance(elapsed, int | np.integer)
+                                        or elapsed < 0):
+                raise ValueError(f"observation {i}: 'elapsed' must be an int >= 0 (environment steps since the "
+                                 f"chunk it follows was issued), got {elapsed!r}")
+            if key not in self._memory:
+                out.append(False)
+                continue
+            if elapsed is None and k is not None:
+                warnings.warn(f"predict_action: an observation without 'elapsed' is taken to come k={k} steps "
+                              "after the chunk it follows, the step the world predictor predicts; give "
+                              "'elapsed' so that other calls leave the residual out", stacklevel=3)
+            out.append(elapsed is None or k is None or elapsed == k)
+        return out
 
     # --- checkpoints ---------------------------------------------------------------------
     def save(self, out_dir: str | Path) -> Path:

@@ -110,6 +110,8 @@ class Trainer:
             policy = SAGRPolicy.load(resume_from / ckpt.POLICY_DIR)  # strict: names each missing parameter
             if policy.config.backbone.cameras is None:  # saved before the camera count was recorded
                 policy.config.backbone.cameras = self.cfg.framework.backbone.cameras
+            if policy.config.action_model.temporal_delta_k is None:  # saved before k was recorded
+                policy.config.action_model.temporal_delta_k = self.cfg.framework.action_model.temporal_delta_k
             if policy.config != self.cfg.framework:
                 raise ConfigError(f"the framework section differs from the checkpoint's ({resume_from}); "
                                   "resume with the checkpoint's framework config or start a new run_name")
@@ -125,10 +127,14 @@ class Trainer:
 
     def _check_data_matches_model(self) -> None:
         """The model's shapes against the data's (a mismatch is a ConfigError naming the key); an unset
-        framework.backbone.cameras takes the data's camera count."""
+        framework.backbone.cameras takes the data's camera count, an unset temporal_delta_k the data's k
+        (the mix's datasets share one)."""
         am, ds = self.cfg.framework.action_model, self.dataset.datasets[0]
+        if am.temporal_delta_k is None:  # recorded in every checkpoint: predict_action aligns its residual by it
+            am.temporal_delta_k = ds.embodiment.k
         checks = [("action_dim", ds.action.shape[1], am.action_dim),
-                  ("action_horizon", ds.embodiment.horizon, am.action_horizon)]
+                  ("action_horizon", ds.embodiment.horizon, am.action_horizon),
+                  ("temporal_delta_k", ds.embodiment.k, am.temporal_delta_k)]
         if self.cfg.data.include_state and am.state_dim:
             checks.append(("state_dim", ds.state.shape[1], am.state_dim))
         for name, data_value, model_value in checks:
