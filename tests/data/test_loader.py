@@ -84,11 +84,13 @@ def test_chains_pair_t_plus_k_with_a_t_in_the_same_batch(cfg, world_size):
     assert reused > 0.3 * seen
 
 
-def test_chain_length_must_divide_the_batch():
+def test_chain_length_must_divide_the_batch_and_k_be_positive():
     from sagrflow.core.config import ConfigError
 
     with pytest.raises(ConfigError, match="chain_length=3 must be >= 1 and divide per_device_batch_size=4"):
         VlaDataConfig(per_device_batch_size=4, chain_length=3)
+    with pytest.raises(ConfigError, match="temporal_delta_k must be >= 1 or null, got 0"):
+        VlaDataConfig(temporal_delta_k=0)
 
 
 def test_tk_index_pairs_are_exact_even_without_chains(cfg):

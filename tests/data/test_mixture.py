@@ -106,3 +106,21 @@ def test_named_mixes():
     for suite in ("object", "goal", "spatial", "10"):
         assert len(DATA_MIXES[f"libero_{suite}"]) == 1
     assert [e.path for e in resolve_mix("sim_all")] == ["sim_spatial", "sim_object", "sim_goal", "sim_long"]
+
+
+def test_the_data_section_can_set_k(dataset_root):
+    """datasets.vla_data.temporal_delta_k: pairs k steps apart, with k among the observation indices."""
+    from sagrflow.data.embodiments import embodiment_overrides
+
+    assert embodiment_overrides(temporal_delta_k=3) == {"temporal_delta_k": 3, "observation_indices": (0, 3)}
+    assert embodiment_overrides(observation_indices=[0, 7], temporal_delta_k=3)["observation_indices"] == (0, 7)
+    entries = [{"path": str(dataset_root("v3.0", None)), "weight": 1.0}]
+    mix = MixtureDataset(entries, "/", image_size=(64, 64), temporal_delta_k=3, length=64)
+    ds = mix.datasets[0]
+    assert (ds.embodiment.k, ds.embodiment.observation_indices) == (3, (0, 3))
+    episode, t = ds.locate(10)
+    assert ds.locate(13) == (episode, t + 3)  # inside one episode
+    sample, later = ds[10], ds[13]
+    assert sample["temporal_delta_k"] == 3 and sample["valid_tk"] == 1.0
+    for tk, t_later in zip(sample["image_tk"], later["image_t"], strict=True):
+        np.testing.assert_array_equal(np.asarray(tk), np.asarray(t_later))

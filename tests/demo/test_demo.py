@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 
@@ -32,6 +33,13 @@ def test_quick_demo_and_fm_only_ablation_end_to_end(tmp_path, capsys):
     assert "| **sagr** (this run) |" in report and "sagrflow demo --ablate fm_only" in report
     assert "sagrflow demo --ablate no_drift" in report
     assert f"(ratio {world['dyn_over_change']:.3g})" in report
+    # the world model learns the step the policy is next called at, so every call but an episode's first
+    # sees a residual (the drift's and RRR's input)
+    policy_config = json.loads((Path(summary["policy"]) / "config.json").read_text())
+    assert policy_config["action_model"]["temporal_delta_k"] == summary["config"]["execute_steps"]
+    own = summary["results"]["sagr"]
+    assert 0 < own["residuals"] == own["queries"] - own["episodes"]
+    assert f"sagr: {own['residuals']} of its {own['queries']} policy calls" in report
 
     data_before = sorted(p.name for p in cache.rglob("*"))
     assert main(["demo", "--quick", "--ablate", "fm_only", "--suite", "goal", "--out", str(fm),

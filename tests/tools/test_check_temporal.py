@@ -47,6 +47,14 @@ def test_observation_indices_without_k_fail_with_the_fix(tmp_path, data_root, ca
     assert "set observation_indices to [0, 7]" in out
 
 
+def test_a_config_that_sets_k_is_checked_with_it(tmp_path, data_root, capsys):
+    config = _config(tmp_path, data_root, temporal_delta_k=3)
+    assert main(["check-temporal", "--config-yaml", str(config), "--check-runtime"]) == 0
+    out = capsys.readouterr().out
+    assert "k=3, observation_indices=[0, 3]" in out
+    assert "(episode lengths imply 0.757)" in out  # (17 + 9 + 2) / 37 frames have t + 3 inside the episode
+
+
 def test_missing_dataset_fails(tmp_path, data_root, capsys):
     mix = [{"path": "sim_spatial"}, {"path": "libero_goal_no_noops_1.0.0_lerobot"}]
     config = _config(tmp_path, data_root, data_mix=mix)

@@ -19,7 +19,10 @@ class VlaDataConfig:
     include_state: bool = True
     video_backend: str = field(default="pyav", metadata={"choices": BACKENDS})
     image_size: tuple[int, ...] | None = None  # (h, w); None keeps each embodiment's
-    observation_indices: tuple[int, ...] | None = None  # None keeps each embodiment's
+    observation_indices: tuple[int, ...] | None = None  # None keeps each embodiment's ([0, k] with temporal_delta_k)
+    # k of the t -> t+k pairs; None keeps each embodiment's (max(action_indices) unless it sets one). Train the
+    # world model for the steps a deployed policy executes between calls: its drift acts only at calls k apart
+    temporal_delta_k: int | None = None
     num_workers: int = 2
     decoder_cache_size: int = 64  # open video files kept per worker (mp4s read by packet index hold none: data/packets.py)
     chain_length: int = 1  # samples per episode chain t, t+k, ... (see data/mixtures.py); 1 = independent draws
@@ -35,6 +38,8 @@ class VlaDataConfig:
                 f"datasets.vla_data.chain_length={self.chain_length} must be >= 1 and divide "
                 f"per_device_batch_size={self.per_device_batch_size}, so that no chain is split across batches"
             )
+        if self.temporal_delta_k is not None and self.temporal_delta_k < 1:
+            raise ConfigError(f"datasets.vla_data.temporal_delta_k must be >= 1 or null, got {self.temporal_delta_k}")
         if self.num_workers < 0:
             raise ConfigError(f"datasets.vla_data.num_workers must be >= 0, got {self.num_workers}")
 

@@ -119,6 +119,22 @@ def embodiment_names() -> list[str]:
     return sorted(_REGISTRY)
 
 
+def embodiment_overrides(image_size=None, observation_indices=None, temporal_delta_k: int | None = None) -> dict:
+    """The data section's replacements of each embodiment's fields (None keeps the embodiment's).
+    A k set without observation_indices brings its own, [0, k]: a k outside them would make every
+    pair invalid."""
+    out: dict = {}
+    if image_size:
+        out["image_size"] = tuple(image_size)
+    if temporal_delta_k is not None:
+        out["temporal_delta_k"] = temporal_delta_k
+        if observation_indices is None:
+            observation_indices = (0, temporal_delta_k)
+    if observation_indices is not None:
+        out["observation_indices"] = tuple(observation_indices)
+    return out
+
+
 def get_embodiment(name: str, **overrides) -> EmbodimentConfig:
     """The registered config, with fields replaced by `overrides` (e.g. image_size)."""
     if name not in _REGISTRY:

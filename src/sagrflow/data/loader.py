@@ -66,6 +66,7 @@ def build_dataset(cfg: VlaDataConfig) -> MixtureDataset:
         seed=cfg.seed,
         decoder_cache_size=cfg.decoder_cache_size,
         observation_indices=cfg.observation_indices,
+        temporal_delta_k=cfg.temporal_delta_k,
         chain_length=cfg.chain_length,
     )
 

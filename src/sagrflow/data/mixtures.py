@@ -24,7 +24,7 @@ from torch.utils.data import Dataset
 from sagrflow.core import batch as keys
 from sagrflow.core.normalize import Normalizer
 from sagrflow.data.dataset import TemporalDataset
-from sagrflow.data.embodiments import get_embodiment
+from sagrflow.data.embodiments import embodiment_overrides, get_embodiment
 from sagrflow.data.errors import DataError
 from sagrflow.data.stats import merged_normalizer
 
@@ -91,6 +91,7 @@ class MixtureDataset(Dataset):
         video_backend: str = "pyav",
         image_size: tuple[int, int] | None = None,
         observation_indices: tuple[int, ...] | None = None,
+        temporal_delta_k: int | None = None,
         seed: int = 0,
         length: int | None = None,
         decoder_cache_size: int = 64,
@@ -101,9 +102,7 @@ class MixtureDataset(Dataset):
         self.chain_length = chain_length
         self.entries = resolve_mix(data_mix)
         root = Path(data_root_dir)
-        overrides = {"image_size": tuple(image_size)} if image_size else {}
-        if observation_indices is not None:
-            overrides["observation_indices"] = tuple(observation_indices)
+        overrides = embodiment_overrides(image_size, observation_indices, temporal_delta_k)
         self.datasets: list[TemporalDataset] = []
         for entry in self.entries:
             path = Path(entry.path) if Path(entry.path).is_absolute() else root / entry.path

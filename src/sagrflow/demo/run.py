@@ -119,6 +119,8 @@ def train_overrides(cfg: DemoConfig, data_root: Path, run_dir: Path) -> dict:
         "datasets.vla_data.per_device_batch_size": cfg.batch_size,
         "datasets.vla_data.num_workers": cfg.num_workers,
         "datasets.vla_data.image_size": [cfg.model_image_size] * 2,
+        # the world model learns the step the policy is next called at: its drift acts at every call after the first
+        "datasets.vla_data.temporal_delta_k": cfg.execute_steps,
         "framework.backbone.image_size": [cfg.model_image_size] * 2,
         "trainer.max_train_steps": cfg.train_steps,
         "trainer.save_interval": 0,
@@ -236,6 +238,9 @@ def to_markdown(summary: dict, evaluation: dict) -> str:
                      f"| {name} | not run: `sagrflow demo{'' if name == 'sagr' else ' --ablate ' + name}` | | |")
     for name in ("random", "zero"):
         lines.append(_row(name, summary["results"][name]))
+    own = summary["results"][variant]
+    lines += ["", f"{variant}: {own['residuals']} of its {own['queries']} policy calls came k steps after the chunk "
+              "they follow, the step the world model predicts: only those saw a residual, the drift and RRR's input."]
     world = summary["world"]
     if world is not None:
         verdict = "beats" if world["dyn_over_change"] < 1 else "is no better than"

@@ -116,7 +116,9 @@ def _runtime(name: str, ds, samples: int, report: Report) -> None:
 
 
 def check(data_mix, data_root_dir: str | Path, *, check_runtime: bool = False, samples: int = 64,
-          image_size: tuple[int, int] | None = None, observation_indices: list[int] | None = None) -> Report:
+          image_size: tuple[int, int] | None = None, observation_indices: list[int] | None = None,
+          temporal_delta_k: int | None = None) -> Report:
+    from sagrflow.data.embodiments import embodiment_overrides
     from sagrflow.data.mixtures import resolve_mix
 
     report = Report()
@@ -125,11 +127,7 @@ def check(data_mix, data_root_dir: str | Path, *, check_runtime: bool = False, s
     except DataError as exc:
         report.fail("data_mix", "resolve", str(exc))
         return report
-    overrides: dict = {}
-    if image_size:
-        overrides["image_size"] = tuple(image_size)
-    if observation_indices is not None:
-        overrides["observation_indices"] = tuple(observation_indices)
+    overrides = embodiment_overrides(image_size, observation_indices, temporal_delta_k)
     for entry in entries:
         ds = _static(entry, Path(data_root_dir), overrides, report)
         if ds is not None and check_runtime:
@@ -146,18 +144,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    data_mix, root, image_size, obs = args.data_mix, args.data_root_dir, None, None
+    data_mix, root, image_size, obs, k = args.data_mix, args.data_root_dir, None, None, None
     if args.config_yaml:
         from sagrflow.data.config import load_data_section
 
         section = load_data_section(args.config_yaml)
         data_mix = data_mix or section.data_mix
         root = root or section.data_root_dir
-        image_size, obs = section.image_size, section.observation_indices
+        image_size, obs, k = section.image_size, section.observation_indices, section.temporal_delta_k
     if data_mix is None or root is None:
         raise ValueError("give --config-yaml, or both --data-mix and --data-root-dir")
     report = check(data_mix, root, check_runtime=args.check_runtime, samples=args.samples,
-                   image_size=image_size, observation_indices=obs)
+                   image_size=image_size, observation_indices=obs, temporal_delta_k=k)
     print(report.render())
     return 1 if report.violations else 0
 
