@@ -30,7 +30,8 @@ def tiny_checkpoint(tmp_path_factory):
     config = FrameworkConfig.from_dict({
         "backbone": {"path": str(backbone), "image_size": [IMG, IMG], "cameras": 2},  # as a trainer records it
         "action_model": dict(action_horizon=H, action_dim=A, state_dim=S, repeated_diffusion_steps=1, dit_width=32,
-                             dit_heads=2, num_task_tokens=4, world_depth=1, num_inference_timesteps=3),
+                             dit_heads=2, num_task_tokens=4, world_depth=1, num_inference_timesteps=3,
+                             temporal_delta_k=4),
     })
     torch.manual_seed(0)
     return SAGRPolicy.from_config(config, action_normalizer()).save(root / "policy")

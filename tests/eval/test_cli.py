@@ -9,6 +9,8 @@ import subprocess
 import sys
 import time
 
+import pytest
+
 from sagrflow.cli import main
 
 
@@ -33,6 +35,22 @@ def test_eval_checkpoint(tiny_checkpoint, tmp_path):
     report = json.loads((out / "report.json").read_text())
     assert [e["queries"] for e in report["episodes"]] == [2, 2, 2, 2]
     assert report["meta"]["policy"] == "sagr" and report["videos"] == []
+    # the checkpoint's world model predicts 4 steps on: each episode's second call sees its residual
+    assert report["overall"]["residuals"] == 4
+
+
+def test_eval_warns_when_no_call_comes_k_steps_after_its_chunk(tiny_checkpoint, tmp_path):
+    from sagrflow.eval.harness import RolloutConfig, call_steps, residual_note
+
+    assert call_steps(RolloutConfig(), 8) == [8]
+    assert call_steps(RolloutConfig(execute_steps=7, check_every=2), 8) == [2, 4, 6, 7]
+    assert residual_note(RolloutConfig(execute_steps=6, check_every=2), 8, 4) is None  # the check at 4
+    assert residual_note(RolloutConfig(), 8, None) is None
+    with pytest.warns(UserWarning, match=r"predicts 4 steps after a chunk, but this rollout calls it 3, 6 steps"):
+        assert main(["eval", "--checkpoint", str(tiny_checkpoint), "--suite", "object", "--episodes", "1",
+                     "--max-steps", "7", "--num-steps", "2", "--execute-steps", "6", "--check-every", "3",
+                     "--videos", "0", "--image-size", "32", "--out", str(tmp_path / "run")]) == 0
+    assert json.loads((tmp_path / "run" / "report.json").read_text())["overall"]["residuals"] == 0
 
 
 def test_eval_user_mistakes_are_one_line_errors(capsys):

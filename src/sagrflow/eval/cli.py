@@ -74,6 +74,8 @@ def _eval(args: argparse.Namespace) -> int:
         client = PolicyClient(host or "127.0.0.1", int(port))
         policy = RemotePolicy(client, num_steps=args.num_steps)
 
+    _warn_if_no_residual(cfg, spec, client)
+
     def progress(r) -> None:
         print(f"{r.task:40s} seed {r.seed:<7d} {'success' if r.success else 'failure':8s} {r.steps:4d} steps"
               f"{f'  {r.replans} replans' if r.replans else ''}", flush=True)
@@ -94,6 +96,27 @@ def _eval(args: argparse.Namespace) -> int:
           f"95% CI {100 * o['ci95'][0]:.1f}-{100 * o['ci95'][1]:.1f}%, {seconds:.1f} s")
     print(f"report: {md_path}  {json_path}")
     return 0
+
+
+def _warn_if_no_residual(cfg, spec, client) -> None:
+    """Before a long evaluation: say when no call will come k steps after its chunk."""
+    import json
+    import warnings
+
+    from sagrflow.eval.harness import residual_note
+    from sagrflow.eval.policies import resolve_checkpoint
+
+    if client is not None:
+        meta = client.metadata
+        horizon, k = meta.get("action_horizon"), meta.get("temporal_delta_k")
+    elif spec.kind == "sagr":
+        am = json.loads((resolve_checkpoint(spec.checkpoint) / "config.json").read_text())["action_model"]
+        horizon, k = am["action_horizon"], am.get("temporal_delta_k")
+    else:
+        return
+    note = residual_note(cfg, horizon, k) if horizon else None
+    if note:
+        warnings.warn(note, stacklevel=2)
 
 
 def _serve(args: argparse.Namespace) -> int:

@@ -45,6 +45,25 @@ class RolloutConfig:
             raise ValueError(f"num_envs must be >= 1, got {self.num_envs}")
 
 
+def call_steps(cfg: RolloutConfig, horizon: int) -> list[int]:
+    """The steps after a chunk is adopted at which the harness calls the policy again: its checks
+    (multiples of `check_every` before the chunk runs out) and the chunk's end."""
+    n = horizon if cfg.execute_steps is None else min(cfg.execute_steps, horizon)
+    checks = range(cfg.check_every, n, cfg.check_every) if cfg.check_every else []
+    return [*checks, n]
+
+
+def residual_note(cfg: RolloutConfig, horizon: int, k: int | None) -> str | None:
+    """A warning when no call comes k steps after its chunk: a world model predicting k steps on
+    then never sees a residual (no drift, no RRR); None when one does, or k is unknown."""
+    steps = call_steps(cfg, horizon)
+    if k is None or k in steps:
+        return None
+    return (f"the policy's world model predicts {k} steps after a chunk, but this rollout calls it "
+            f"{', '.join(map(str, steps))} steps after one: the drift and RRR will not act "
+            f"(--execute-steps {k}, or --check-every a divisor of {k} below the executed steps, makes them)")
+
+
 @dataclass(frozen=True)
 class Job:
     task: str
