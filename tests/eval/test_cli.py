@@ -51,6 +51,15 @@ def test_eval_warns_when_no_call_comes_k_steps_after_its_chunk(tiny_checkpoint, 
                      "--max-steps", "7", "--num-steps", "2", "--execute-steps", "6", "--check-every", "3",
                      "--videos", "0", "--image-size", "32", "--out", str(tmp_path / "run")]) == 0
     assert json.loads((tmp_path / "run" / "report.json").read_text())["overall"]["residuals"] == 0
+    # a served policy: k and the horizon come from the server's metadata
+    from types import SimpleNamespace
+
+    from sagrflow.eval.cli import _warn_if_no_residual
+
+    server = SimpleNamespace(metadata={"action_horizon": 8, "temporal_delta_k": 7})
+    with pytest.warns(UserWarning, match="predicts 7 steps after a chunk, but this rollout calls it 8 steps"):
+        _warn_if_no_residual(RolloutConfig(), None, server)
+    assert "no call can come later" in residual_note(RolloutConfig(), 8, 9)
 
 
 def test_eval_user_mistakes_are_one_line_errors(capsys):

@@ -55,7 +55,7 @@ def test_round_trip_metadata_ping_infer(server):
     with PolicyClient("127.0.0.1", server.port) as client:
         meta = client.metadata
         assert (meta["server"], meta["action_horizon"], meta["action_dim"], meta["state_dim"]) == ("sagrflow", H, A, S)
-        assert meta["num_cameras"] == 2
+        assert meta["num_cameras"] == 2 and meta["temporal_delta_k"] == 4  # the fixture records k as a trainer does
         assert client.ping()["type"] == "ping"
         latencies = []
         for i in range(5):
@@ -180,8 +180,7 @@ def test_episode_ids_and_checks_reach_the_policy_memory(server, policy, monkeypa
         assert not calm["replan"][0]  # a calm check leaves the running chunk's prediction in place
         assert torch.equal(next(iter(policy._memory.values())).pred_next, kept)
         # elapsed says when a call comes: only k steps after the chunk does it see a residual
-        k = 4
-        monkeypatch.setattr(policy.config.action_model, "temporal_delta_k", k)
+        k = policy.config.action_model.temporal_delta_k
         early = client.infer([example(2, episode_id=3, check=True, elapsed=k - 1)])
         at_k = client.infer([example(2, episode_id=3, check=True, elapsed=k)])
         assert (early["residual"][0], early["rrr"][0], at_k["residual"][0]) == (False, 0.0, True) and at_k["rrr"][0] > 0
@@ -251,9 +250,10 @@ def test_harness_evaluates_through_the_server(server):
     from sagrflow.eval.suites import SimSuite
 
     with PolicyClient("127.0.0.1", server.port) as client:
-        results, _ = evaluate(None, SimSuite("goal", image_size=32), 1, RolloutConfig(max_steps=8, num_envs=2),
-                              policy=RemotePolicy(client, num_steps=2))
-    assert [r.steps for r in results] == [8] * 4 and all(r.queries == 1 for r in results)
+        cfg = RolloutConfig(max_steps=8, num_envs=2, execute_steps=4)  # calls 4 = k steps apart
+        results, _ = evaluate(None, SimSuite("goal", image_size=32), 1, cfg, policy=RemotePolicy(client, num_steps=2))
+    assert [r.steps for r in results] == [8] * 4 and all(r.queries == 2 for r in results)
+    assert all(r.residuals == 1 for r in results)  # "elapsed" crossed the wire: each second call saw its residual
 
 
 def test_health_check(server):

@@ -148,8 +148,9 @@ def test_only_a_call_k_steps_after_its_chunk_sees_a_residual(tiny_dir):
     np.testing.assert_array_equal(early["actions"], no_memory["actions"])  # the plain flow chunk
     assert np.abs(at_k["actions"] - early["actions"]).max() > 1e-6  # at k, the drift acts
     # without "elapsed" the call is taken to come k steps on, and the policy says so
-    with pytest.warns(UserWarning, match="without 'elapsed'"):
+    with pytest.warns(UserWarning, match="without 'elapsed'") as said:
         unsaid = second_call()
+    assert said[0].filename == __file__  # it names the caller of predict_action
     np.testing.assert_array_equal(unsaid["actions"], at_k["actions"])
     for bad in (-1, 2.5, True, "3"):
         with pytest.raises(ValueError, match="'elapsed' must be an int"):

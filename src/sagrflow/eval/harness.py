@@ -59,9 +59,10 @@ def residual_note(cfg: RolloutConfig, horizon: int, k: int | None) -> str | None
     steps = call_steps(cfg, horizon)
     if k is None or k in steps:
         return None
+    fix = (f"--execute-steps {k}, or --check-every a divisor of {k} below the executed steps, makes them act"
+           if k <= horizon else f"no call can come later than a chunk of {horizon} lasts")
     return (f"the policy's world model predicts {k} steps after a chunk, but this rollout calls it "
-            f"{', '.join(map(str, steps))} steps after one: the drift and RRR will not act "
-            f"(--execute-steps {k}, or --check-every a divisor of {k} below the executed steps, makes them)")
+            f"{', '.join(map(str, steps))} steps after one: the drift and RRR will not act ({fix})")
 
 
 @dataclass(frozen=True)

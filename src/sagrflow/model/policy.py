@@ -392,7 +392,8 @@ class SAGRPolicy(nn.Module):
             if elapsed is None and k is not None:
                 warnings.warn(f"predict_action: an observation without 'elapsed' is taken to come k={k} steps "
                               "after the chunk it follows, the step the world predictor predicts; give "
-                              "'elapsed' so that other calls leave the residual out", stacklevel=3)
+                              "'elapsed' so that other calls leave the residual out",
+                              stacklevel=4)  # the caller of predict_action, past torch.no_grad's wrapper
             out.append(elapsed is None or k is None or elapsed == k)
         return out
 

@@ -141,6 +141,11 @@ class Trainer:
             if data_value != model_value:
                 raise ConfigError(f"framework.action_model.{name}={model_value} but the data has {data_value}: "
                                   f"set framework.action_model.{name}: {data_value}")
+        if not ds.embodiment.has_tk_observation and not self.cfg.trainer.fm_only:
+            indices, k = list(ds.embodiment.observation_indices), ds.embodiment.k
+            raise ConfigError(f"k={k} is not in observation_indices {indices}: no sample would have a t+k pair, "
+                              f"so the world model would learn nothing; set datasets.vla_data.observation_indices "
+                              f"to [0, {k}] (or leave it unset with datasets.vla_data.temporal_delta_k)")
         backbone, cameras = self.cfg.framework.backbone, len(ds.embodiment.video_keys)
         if backbone.cameras is None:  # recorded in config.yaml and every checkpoint, and checked at inference
             backbone.cameras = cameras
