@@ -209,6 +209,31 @@ class SlowPolicy:
         pass
 
 
+def test_client_steps_give_requests_without_elapsed_their_elapsed():
+    """openpi and starVLA clients send no "elapsed": `--client-steps` says how many actions they execute."""
+    class RecordingPolicy(SlowPolicy):
+        def predict_action(self, observations, num_steps=None):
+            seen.extend(observations)
+            return super().predict_action(observations, num_steps)
+
+    seen: list[dict] = []
+    policy = RecordingPolicy(0.0)
+    handle = PolicyServer(policy, {}, client_steps=5).start_background("127.0.0.1", 0)
+    try:
+        with PolicyClient("127.0.0.1", handle.port) as client:
+            client.infer([example(), example(elapsed=2)])
+        ws, _ = raw_connection(handle.port)
+        ex = example()
+        ask(ws, {"observation/image": ex["image"][0], "observation/wrist_image": ex["image"][1],
+                 "observation/state": ex["state"], "prompt": ex["lang"]})
+        ws.close()
+    finally:
+        handle.stop()
+    assert [o["elapsed"] for o in seen] == [5, 2, 5]
+    with pytest.raises(ValueError, match="client_steps must be >= 1"):
+        PolicyServer(policy, {}, client_steps=0)
+
+
 def test_a_slow_inference_does_not_block_other_clients():
     handle = PolicyServer(SlowPolicy(1.0), {"slow": True}).start_background("127.0.0.1", 0)
     try:

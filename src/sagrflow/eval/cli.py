@@ -46,6 +46,10 @@ def register(sub: argparse._SubParsersAction) -> None:
                     help="noise seed: each episode draws from its own generator, seeded by (seed, connection "
                          "number, episode id), so its chunks do not depend on the other examples of a request "
                          "(default: 0)")
+    sv.add_argument("--client-steps", type=int, default=None,
+                    help="actions the clients execute between requests (openpi's LIBERO example: 5), taken as "
+                         "the 'elapsed' of requests that send none: the drift and RRR act only when it equals the "
+                         "checkpoint's temporal_delta_k (default: such requests are taken to come k steps on)")
     sv.set_defaults(func=_serve)
 
 
@@ -129,8 +133,13 @@ def _serve(args: argparse.Namespace) -> int:
     from sagrflow.eval.policies import resolve_checkpoint
 
     policy = SAGRPolicy.load(resolve_checkpoint(args.checkpoint), device=args.device).eval()
-    server = PolicyServer(policy, policy_metadata(policy, args.checkpoint), seed=args.seed)
+    server = PolicyServer(policy, policy_metadata(policy, args.checkpoint), seed=args.seed,
+                          client_steps=args.client_steps)
     print(f"serving {args.checkpoint} on ws://{args.host}:{args.port} (Ctrl-C to stop)", flush=True)
+    k = policy.config.action_model.temporal_delta_k
+    if args.client_steps is not None and k is not None and args.client_steps != k:
+        print(f"note: the world model predicts {k} steps after a chunk and clients call every {args.client_steps}: "
+              "the drift and RRR will not act for requests without 'elapsed'", flush=True)
     try:
         server.run(args.host, args.port)
     except KeyboardInterrupt:

@@ -60,12 +60,18 @@ class PolicyServer:
     """`PolicyServer(policy, metadata).run(host, port)`; `policy` has `predict_action` and `reset`
     like `SAGRPolicy`. `start_background()` runs it on a thread (tests, notebooks)."""
 
-    def __init__(self, policy: Any, metadata: dict | None = None, max_examples: int = 64, seed: int | None = None):
+    def __init__(self, policy: Any, metadata: dict | None = None, max_examples: int = 64, seed: int | None = None,
+                 client_steps: int | None = None):
         """`seed`: the policy draws each episode's noise from the episode's own generator, seeded by
         (seed, connection number, episode id) (`predict_action`'s `seed`), so a chunk does not depend on
-        which other examples share its request; None: the policy's global generator."""
+        which other examples share its request; None: the policy's global generator.
+        `client_steps`: the actions clients execute between requests, the "elapsed" of every example
+        that sends none (openpi's and starVLA's clients do not); None: such examples carry none."""
+        if client_steps is not None and client_steps < 1:
+            raise ValueError(f"client_steps must be >= 1 or None, got {client_steps}")
         self.policy = policy
         self.seed = seed
+        self.client_steps = client_steps
         self.metadata = dict(metadata or {})
         self.max_examples = max_examples
         self._executor = ThreadPoolExecutor(1, thread_name_prefix="sagrflow-infer")
@@ -217,8 +223,9 @@ class PolicyServer:
         check = ex.get("check", False)
         if not isinstance(check, bool | np.bool_):
             raise RequestError(f"examples[{i}]['check'] must be a bool, got {type(check).__name__}")
-        if ex.get("elapsed") is not None:  # checked by predict_action
-            out["elapsed"] = ex["elapsed"]
+        elapsed = ex.get("elapsed", self.client_steps)
+        if elapsed is not None:  # checked by predict_action
+            out["elapsed"] = elapsed
         key = (conn.id, _hashable(ex.get("episode_id", i)))
         conn.keys.add(key)
         out["episode_id"], out["check"] = key, bool(check)
