@@ -9,8 +9,6 @@ import subprocess
 import sys
 import time
 
-import pytest
-
 from sagrflow.cli import main
 
 
@@ -39,26 +37,30 @@ def test_eval_checkpoint(tiny_checkpoint, tmp_path):
     assert report["overall"]["residuals"] == 4
 
 
-def test_eval_warns_when_no_call_comes_k_steps_after_its_chunk(tiny_checkpoint, tmp_path):
+def test_eval_warns_when_no_call_comes_k_steps_after_its_chunk(tiny_checkpoint, tmp_path, capsys):
     from sagrflow.eval.harness import RolloutConfig, call_steps, residual_note
 
     assert call_steps(RolloutConfig(), 8) == [8]
     assert call_steps(RolloutConfig(execute_steps=7, check_every=2), 8) == [2, 4, 6, 7]
     assert residual_note(RolloutConfig(execute_steps=6, check_every=2), 8, 4) is None  # the check at 4
     assert residual_note(RolloutConfig(), 8, None) is None
-    with pytest.warns(UserWarning, match=r"predicts 4 steps after a chunk, but this rollout calls it 3, 6 steps"):
-        assert main(["eval", "--checkpoint", str(tiny_checkpoint), "--suite", "object", "--episodes", "1",
-                     "--max-steps", "7", "--num-steps", "2", "--execute-steps", "6", "--check-every", "3",
-                     "--videos", "0", "--image-size", "32", "--out", str(tmp_path / "run")]) == 0
+    assert main(["eval", "--checkpoint", str(tiny_checkpoint), "--suite", "object", "--episodes", "1",
+                 "--max-steps", "7", "--num-steps", "2", "--execute-steps", "6", "--check-every", "3",
+                 "--videos", "0", "--image-size", "32", "--out", str(tmp_path / "run")]) == 0
+    assert "warning: the policy's world model predicts 4 steps after a chunk, but this rollout calls it 3, 6 steps" \
+        in capsys.readouterr().err
     assert json.loads((tmp_path / "run" / "report.json").read_text())["overall"]["residuals"] == 0
+    # the fix it names can be taken: checks help only when the executed steps pass k
+    assert "--execute-steps 7, or --execute-steps above 7 with --check-every" in residual_note(RolloutConfig(), 8, 7)
+    assert "check-every" not in residual_note(RolloutConfig(execute_steps=4), 8, 8)
     # a served policy: k and the horizon come from the server's metadata
     from types import SimpleNamespace
 
     from sagrflow.eval.cli import _warn_if_no_residual
 
     server = SimpleNamespace(metadata={"action_horizon": 8, "temporal_delta_k": 7})
-    with pytest.warns(UserWarning, match="predicts 7 steps after a chunk, but this rollout calls it 8 steps"):
-        _warn_if_no_residual(RolloutConfig(), None, server)
+    _warn_if_no_residual(RolloutConfig(), None, server)
+    assert "predicts 7 steps after a chunk, but this rollout calls it 8 steps" in capsys.readouterr().err
     assert "no call can come later" in residual_note(RolloutConfig(), 8, 9)
 
 

@@ -103,9 +103,9 @@ def _eval(args: argparse.Namespace) -> int:
 
 
 def _warn_if_no_residual(cfg, spec, client) -> None:
-    """Before a long evaluation: say when no call will come k steps after its chunk."""
+    """Before a long evaluation: say (on stderr) when no call will come k steps after its chunk."""
     import json
-    import warnings
+    import sys
 
     from sagrflow.eval.harness import residual_note
     from sagrflow.eval.policies import resolve_checkpoint
@@ -120,7 +120,7 @@ def _warn_if_no_residual(cfg, spec, client) -> None:
         return
     note = residual_note(cfg, horizon, k) if horizon else None
     if note:
-        warnings.warn(note, stacklevel=2)
+        print(f"warning: {note}", file=sys.stderr, flush=True)
 
 
 def _serve(args: argparse.Namespace) -> int:

@@ -59,8 +59,11 @@ def residual_note(cfg: RolloutConfig, horizon: int, k: int | None) -> str | None
     steps = call_steps(cfg, horizon)
     if k is None or k in steps:
         return None
-    fix = (f"--execute-steps {k}, or --check-every a divisor of {k} below the executed steps, makes them act"
-           if k <= horizon else f"no call can come later than a chunk of {horizon} lasts")
+    if k > horizon:
+        fix = f"no call can come later than a chunk of {horizon} lasts"
+    else:
+        checks = f", or --execute-steps above {k} with --check-every a divisor of {k}," if k < horizon else ""
+        fix = f"--execute-steps {k}{checks} makes them act"
     return (f"the policy's world model predicts {k} steps after a chunk, but this rollout calls it "
             f"{', '.join(map(str, steps))} steps after one: the drift and RRR will not act ({fix})")
 
