@@ -3,10 +3,11 @@
 Each environment slot executes the first `execute_steps` actions of a chunk, then asks
 for a new one, telling the policy how many steps it executed: SA-GR's world model predicts
 the tokens k = temporal_delta_k steps after a chunk is issued, so its residual (drift, RRR)
-exists only at calls k steps after one. With `check_every` set, the slot also asks mid-chunk every that many
-steps; when the answer's RRR signal says the world did not move as the policy's world
-model predicted (`Chunk.replan`), the rest of the running chunk is dropped and the new
-one is executed; otherwise the running chunk goes on and the answer is discarded.
+exists only at calls k steps after one. With `check_every` set, the slot also asks
+mid-chunk every that many steps; when the answer's RRR signal says the world did not move
+as the policy's world model predicted (`Chunk.replan`), the rest of the running chunk is
+dropped and the new one is executed; otherwise the running chunk goes on and the answer
+is discarded.
 
 Parallelism: `num_envs` episodes run in lockstep so one batched policy call serves every
 slot that needs a chunk (on a CPU, batching the model is the cheap parallelism: it

@@ -2,11 +2,12 @@
 
 A policy serves several environment slots at once (the harness steps them in lockstep):
 `reset(slot, episode)` starts an episode in a slot, `act(observations, slots, checks, elapsed)`
-returns one action chunk per slot asked; `checks[i]` says slot i is still executing a chunk and asks
-only whether to replan (the harness adopts the answer only if it replans), `elapsed[i]` how many
-steps slot i has executed since it adopted its last chunk. Adapters: the SA-GR checkpoint, the sim's scripted expert (it
-reads the privileged scene, so it only runs on the built-in sim), a uniform random policy
-and a zero policy (the "do nothing" baseline).
+returns one action chunk per slot asked; `checks[i]` says slot i is still executing a chunk
+and asks only whether to replan (the harness adopts the answer only if it replans),
+`elapsed[i]` how many steps slot i has executed since it adopted its last chunk. Adapters:
+the SA-GR checkpoint, the sim's scripted expert (it reads the privileged scene, so it only
+runs on the built-in sim), a uniform random policy and a zero policy (the "do nothing"
+baseline).
 
 Legend: H chunk length, A action dim.
 """
