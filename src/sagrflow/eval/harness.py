@@ -45,11 +45,15 @@ class RolloutConfig:
         if self.num_envs < 1:
             raise ValueError(f"num_envs must be >= 1, got {self.num_envs}")
 
+    def executed(self, chunk_length: int) -> int:
+        """Actions executed from a chunk of `chunk_length` before the policy is asked again."""
+        return chunk_length if self.execute_steps is None else min(self.execute_steps, chunk_length)
+
 
 def call_steps(cfg: RolloutConfig, horizon: int) -> list[int]:
     """The steps after a chunk is adopted at which the harness calls the policy again: its checks
     (multiples of `check_every` before the chunk runs out) and the chunk's end."""
-    n = horizon if cfg.execute_steps is None else min(cfg.execute_steps, horizon)
+    n = cfg.executed(horizon)
     checks = range(cfg.check_every, n, cfg.check_every) if cfg.check_every else []
     return [*checks, n]
 
@@ -177,7 +181,7 @@ def _query(policy: Policy, running: dict[int, tuple[int, _Slot]], cfg: RolloutCo
 
 
 def _adopt(s: _Slot, chunk: Chunk, cfg: RolloutConfig) -> None:
-    n = len(chunk.actions) if cfg.execute_steps is None else min(cfg.execute_steps, len(chunk.actions))
+    n = cfg.executed(len(chunk.actions))
     s.plan = deque(np.asarray(chunk.actions[:n], dtype=np.float32))
     s.since_chunk = 0
 
