@@ -114,8 +114,12 @@ def _warn_if_no_residual(cfg, spec, client) -> None:
         meta = client.metadata
         horizon, k = meta.get("action_horizon"), meta.get("temporal_delta_k")
     elif spec.kind == "sagr":
-        am = json.loads((resolve_checkpoint(spec.checkpoint) / "config.json").read_text())["action_model"]
-        horizon, k = am["action_horizon"], am.get("temporal_delta_k")
+        from sagrflow.model.config import FrameworkConfig
+        from sagrflow.model.policy import CONFIG_FILE
+
+        path = resolve_checkpoint(spec.checkpoint) / CONFIG_FILE  # as SAGRPolicy.load reads it
+        am = FrameworkConfig.from_dict(json.loads(path.read_text())).action_model
+        horizon, k = am.action_horizon, am.temporal_delta_k
     else:
         return
     note = residual_note(cfg, horizon, k) if horizon else None
