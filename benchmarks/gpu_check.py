@@ -73,8 +73,10 @@ def train_times(policies: dict[bool, object], batch_size: int, iters: int, devic
         host copy, as the trainer does, unless `read_plan` (the forward then reads it back, as it used to)."""
         fm, _, target_pass, compiled = TRAIN_MODES[mode]
         policies[compiled].config.action_model.target_pass = target_pass
-        batch = batches[mode] if host is None else host.to(device)
-        host = hosts[mode] if host is None else host
+        if host is None:
+            host, batch = hosts[mode], batches[mode]
+        else:
+            batch = host.to(device)
         train_step(policies[compiled], batch, fm, optimizers[compiled], dtype, None if read_plan else host)
 
     steps = {m: partial(step, m) for m in modes}
