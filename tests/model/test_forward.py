@@ -9,7 +9,7 @@ import torch
 from sagrflow.model.dit import sample_time
 from sagrflow.model.losses import masked_fm_loss, masked_mean, reduce_losses
 
-from .conftest import B, C, H, S, build_policy, make_batch, seeded_forward
+from .conftest import B, C, H, S, build_policy, make_batch, seeded_forward, small_config
 
 TERMS = ("loss_fm", "loss_dyn", "loss_geo", "loss_reg")
 DIAGNOSTICS = ("valid_tk_ratio", "has_image_tk", "task_tokens_next_available",
@@ -363,3 +363,46 @@ def test_a_plan_made_on_the_host_gives_the_forwards_own_result(tiny_dir):
         torch.testing.assert_close(given[k], own[k], rtol=0, atol=0)
     with pytest.raises(ValueError, match="plan for 3 samples given with a batch of 2"):
         policy(make_batch(b=2), plan=plan)
+
+
+def _chained(batch):
+    """Sample 0's t+k frame is sample 2's t frame: a chain 0 -> 2 (sample 1 is an invalid pair)."""
+    image_tk = batch.image_tk.clone()
+    image_tk[0] = batch.image_t[2]
+    return dataclasses.replace(batch, image_tk=image_tk, tk_index=torch.tensor([2, -1, -1]))
+
+
+def test_previous_drift_residual_is_the_predecessors_detached(tiny_dir):
+    """drift_residual "previous": sample 2 reads its predecessor 0's residual (which the "same" drift
+    reads for sample 0), samples without a predecessor get drift exactly 0, and loss_fm no longer
+    reaches the world predictor through the drift (the prediction is detached), only the current tokens."""
+    batch = _chained(make_batch(lang=["stack the cups", "open the drawer", "stack the cups"]))
+    seen = {}
+    fm_only_weights = {"loss_w_dyn": 0.0, "loss_w_geo": 0.0, "loss_w_reg": 0.0, "drift_eta": 1.0}
+    for mode in ("same", "previous"):
+        policy = build_policy(tiny_dir, drift_residual=mode, **fm_only_weights)
+        hooks = [policy.head.drift.register_forward_hook(
+            lambda m, args, out, mode=mode: seen.update({mode: (args[0].detach(), out.detach())}))]
+        try:
+            _, _, g = loss_and_grads(policy, batch)
+        finally:
+            hooks[0].remove()
+        world = [v.abs().max().item() for n, v in g.items() if n.startswith("head.world.")]
+        anchor = [v.abs().max().item() for n, v in g.items() if n.startswith("anchor.")]
+        assert anchor and max(anchor) > 0  # through the tokens the drift reads (sample 2's own in "previous")
+        if mode == "same":  # the fm loss trains the world predictor through the drift
+            assert world and max(world) > 0
+        else:
+            assert all(v == 0 for v in world)
+    r = 2  # repeated_diffusion_steps of the small config
+    (same_in, _), (prev_in, prev_drift) = seen["same"], seen["previous"]
+    torch.testing.assert_close(prev_in[2 * r:], same_in[:r])  # sample 2's rows hold sample 0's residual
+    assert prev_in[: 2 * r].abs().max().item() == 0 and prev_drift[: 2 * r].abs().max().item() == 0
+    assert prev_drift[2 * r:].abs().max().item() > 0
+
+
+def test_previous_drift_residual_needs_teacher_actions_and_a_known_name(tiny_dir):
+    with pytest.raises(ValueError, match="drift_residual='previous' needs world_action_source 'teacher'"):
+        small_config(tiny_dir, drift_residual="previous", world_action_source="noisy")
+    with pytest.raises(ValueError, match=r"drift_residual='last': use one of \('same', 'previous'\)"):
+        small_config(tiny_dir, drift_residual="last")

@@ -268,6 +268,8 @@ def test_the_camera_count_and_k_are_recorded_checked_and_kept_on_resume(make_con
         Trainer(make_config(**{"framework.action_model.temporal_delta_k": 5}))
     with pytest.raises(ConfigError, match=r"k=7 is not in observation_indices \[0, 3\]: no sample would have"):
         Trainer(make_config(**{"datasets.vla_data.observation_indices": [0, 3]}))
+    with pytest.raises(ConfigError, match=r"drift_residual='previous' .* set datasets.vla_data.chain_length >= 2"):
+        Trainer(make_config(**{"framework.action_model.drift_residual": "previous"}))
     trainer = Trainer(make_config(**{"trainer.max_train_steps": 1, "trainer.save_interval": 1}))
     trainer.fit()
     saved = latest_checkpoint(trainer.run_dir) / POLICY_DIR

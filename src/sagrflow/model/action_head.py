@@ -131,6 +131,25 @@ class ActionHead(nn.Module):
         return torch.softmax(self.geo_logits, dim=0)
 
     # --- training ------------------------------------------------------------------------
+    def _drift_input(self, residual: torch.Tensor, task_tokens: torch.Tensor, pred_next: torch.Tensor,
+                     previous: torch.Tensor | None, repeats: int) -> torch.Tensor:
+        """-> the residual (N, K, W) the drift reads (framework.action_model.drift_residual).
+
+        "previous": sample j reads its chain predecessor's prediction, detached, against its own task
+        tokens: what predict_action compares at a call k steps after the last (the prediction made one
+        interval ago against the tokens seen now). Its value is the predecessor's residual, but
+        loss_fm reaches only the current tokens, which the policy also computes at inference, never
+        the world predictor. Without a predecessor the drift reads 0 (drift exactly 0), as at an
+        episode's first call. A sample's R rows hold one prediction (teacher actions)."""
+        if self.cfg.drift_residual == "same":
+            return residual
+        if previous is None:
+            raise ValueError("drift_residual 'previous' needs each sample's chain predecessor (TargetPlan.previous)")
+        before = pred_next[::repeats].detach()[previous.clamp_min(0)]  # (B, K, W) the predecessor's prediction
+        picked = torch.where((previous >= 0).view(-1, 1, 1), task_tokens[::repeats] - before,
+                             torch.zeros((), dtype=residual.dtype, device=residual.device))
+        return picked.repeat_interleave(repeats, 0)  # (N, K, W)
+
     def forward(
         self,
         vl_embs_list: list[torch.Tensor],  # one (B, L, D) per DiT block
@@ -144,6 +163,7 @@ class ActionHead(nn.Module):
         repeats: int = 1,
         world: bool = True,
         observation: torch.Tensor | None = None,  # (B, W) `observe`'s summary, one row per sample
+        previous: torch.Tensor | None = None,  # (B,) long: each sample's chain predecessor, -1 for none
     ) -> dict[str, torch.Tensor]:
         """Per-sample (N,) losses fm, dyn, geo, reg and the tensors the diagnostics read.
 
@@ -153,6 +173,7 @@ class ActionHead(nn.Module):
         by `valid_tk` is the reduction's job (`losses.reduce_losses`, the trainer's share),
         so `valid_tk` is only checked here. `world=False` is the plain flow-matching
         baseline: no world predictor, no drift, world terms 0 (`task_tokens*` may be None).
+        `previous` (TargetPlan.previous) is read with drift_residual "previous" only.
         """
         n = actions.shape[0]
         context = self.prepare_context(vl_embs_list, encoder_attention_mask)  # shared by the R repeats
@@ -180,7 +201,7 @@ class ActionHead(nn.Module):
             once = self.predict_next(task_tokens[first], actions[first], None if state is None else state[first], None)
             pred_next = once.repeat_interleave(repeats, 0)  # (N, K, W); backward sums the R copies, as before
         residual = task_tokens_next - pred_next  # (N, K, W)
-        drift = self.drift(residual, t, temb)
+        drift = self.drift(self._drift_input(residual, task_tokens, pred_next, previous, repeats), t, temb)
         v_final = v_pred + drift
         pooled = residual.mean(1)  # (N, W)
         return {

@@ -16,6 +16,7 @@ from sagrflow.core.config import from_dict, to_dict
 FRAMEWORK_NAMES = ("SAGRFlow",)
 WORLD_ACTION_SOURCES = ("teacher", "noisy")
 TARGET_PASSES = ("separate", "fused")
+DRIFT_RESIDUALS = ("same", "previous")
 GEOMETRY_ENCODERS = ("none", "depth", "pointmap", "mapanything")
 LAYER_MODES = ("first", "last")
 DTYPES = ("float32", "bfloat16", "float16")
@@ -76,6 +77,13 @@ class ActionModelConfig:
     loss_w_geo: float = 0.1
     loss_w_reg: float = 1e-3
     drift_eta: float = 0.1  # bound of the drift velocity correction
+    # the residual the drift reads in training. "same" (DESIGN.md section 3): the sample's own t -> t+k
+    # residual, whose prediction holds the chunk's own expert actions and whose target its own future,
+    # neither of which predict_action has. "previous": as predict_action sees it, the prediction made
+    # one interval before the chunk (detached) against the tokens of the chunk's own t frame; it comes
+    # from the chain member before the sample (needs datasets.vla_data.chain_length >= 2 and
+    # world_action_source teacher) and is 0 for a chain's first member, as at an episode's first call
+    drift_residual: str = "same"
     use_geometric_branch: bool = False
     geometry_encoder: str = "depth"  # used when use_geometric_branch: depth | pointmap | mapanything
     geometry_checkpoint: str = ""  # local MapAnything weights directory (geometry_encoder: mapanything)
@@ -121,6 +129,11 @@ class ActionModelConfig:
             )
         if self.target_pass not in TARGET_PASSES:
             raise ValueError(f"framework.action_model.target_pass={self.target_pass!r}: use one of {TARGET_PASSES}")
+        if self.drift_residual not in DRIFT_RESIDUALS:
+            raise ValueError(f"framework.action_model.drift_residual={self.drift_residual!r}: use one of {DRIFT_RESIDUALS}")
+        if self.drift_residual == "previous" and self.world_action_source != "teacher":
+            raise ValueError("framework.action_model.drift_residual='previous' needs world_action_source 'teacher': "
+                             "the previous interval's prediction is made from its executed (expert) actions")
         if self.geometry_encoder not in GEOMETRY_ENCODERS:
             raise ValueError(
                 f"framework.action_model.geometry_encoder={self.geometry_encoder!r}: use one of {GEOMETRY_ENCODERS}"

@@ -182,6 +182,7 @@ class SAGRPolicy(nn.Module):
             repeats=r,
             world=not fm_only,
             observation=enc.observation,
+            previous=None if fm_only or am.drift_residual == "same" else _index(plan.previous, image_t.device),
         )
         out = {k: head_out[k].view(b, r).mean(1) for k in ("loss_fm", "loss_dyn", "loss_geo", "loss_reg")}
         out["valid_tk"] = valid

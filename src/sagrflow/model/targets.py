@@ -28,6 +28,7 @@ class TargetPlan:
     source: list[int]  # (B,) row of cat([current tokens (B), run rows' tokens]) that sample i reads
     run: list[int]  # samples through the target pass, in order: run[j] is row B + j of that table
     reused: int  # samples whose next tokens are another sample's current tokens
+    previous: list[int]  # (B,) the sample whose t+k frame is sample j's t frame (its chain predecessor), or -1
     keys_t: list[Key] | None  # cache key of each sample's t frame; None when the batch cannot name frames
     keys_tk: list[Key] | None  # cache key of each sample's t+k frame
 
@@ -42,12 +43,13 @@ def target_plan(batch, valid: torch.Tensor, lang: list[str], has_image_tk: bool 
     if named:
         cols += ids
     rows = torch.stack([c.to(device=valid.device, dtype=torch.long).reshape(b) for c in cols], 1).tolist()
-    source, run, reused = [], [], 0
+    source, run, reused, previous = [], [], 0, [-1] * b
     for i, (need, tk, *_) in enumerate(rows):
         if not need:
             source.append(i)
         elif 0 <= tk < b:
             source.append(tk)
+            previous[tk] = i
             reused += 1
         else:
             source.append(b + len(run))
@@ -56,4 +58,4 @@ def target_plan(batch, valid: torch.Tensor, lang: list[str], has_image_tk: bool 
     if named:  # a frame is named by (dataset, episode, frame) and the instruction its prompt holds
         keys_t = [(d, e, f, lang[i]) for i, (_, _, d, e, f, _) in enumerate(rows)]
         keys_tk = [(d, e, f + k, lang[i]) for i, (_, _, d, e, f, k) in enumerate(rows)]
-    return TargetPlan(source, run, reused, keys_t, keys_tk)
+    return TargetPlan(source, run, reused, previous, keys_t, keys_tk)

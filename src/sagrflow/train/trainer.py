@@ -146,6 +146,9 @@ class Trainer:
             raise ConfigError(f"k={k} is not in observation_indices {indices}: no sample would have a t+k pair, "
                               f"so the world model would learn nothing; set datasets.vla_data.observation_indices "
                               f"to [0, {k}] (or leave it unset with datasets.vla_data.temporal_delta_k)")
+        if am.drift_residual == "previous" and self.cfg.data.chain_length < 2 and not self.cfg.trainer.fm_only:
+            raise ConfigError("framework.action_model.drift_residual='previous' reads the residual of the chain member "
+                              "before each sample: set datasets.vla_data.chain_length >= 2 (2 is enough)")
         backbone, cameras = self.cfg.framework.backbone, len(ds.embodiment.video_keys)
         if backbone.cameras is None:  # recorded in config.yaml and every checkpoint, and checked at inference
             backbone.cameras = cameras
