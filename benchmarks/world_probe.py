@@ -8,8 +8,17 @@ them), without gradients:
   token change         debug/world/token_change: the loss_dyn of predicting that the tokens do not change
   world error          loss_dyn: the world predictor's pred_next against the t+k tokens (teacher actions)
   error/change         world error over token change per pair (median): >= 1, no better than "no change"
+  drift gain, same     the training forward's loss_fm with the drift off over with it on, minus 1 (same
+                       noise and time), the drift reading each sample's own t -> t+k residual: what it
+                       earns in training under drift_residual "same" (DESIGN.md)
+  drift gain, previous the same, the drift reading the residual of the interval before the chunk (the chain
+                       predecessor's prediction against the sample's t tokens), as predict_action gives it:
+                       what the drift can earn at inference. A "same" gain far above this one comes from
+                       what inference does not have: the chunk's own expert actions and its own future
 A token change/spread far below the VLM's says the task tokens became time-invariant: the world
 losses are then met without modelling the dynamics. `--init` adds a fresh policy of a run's config.
+Batches are chains of 4 (datasets.vla_data.chain_length), which drift_residual "previous" needs; a
+chain's first member has no predecessor (drift 0 under "previous"), as an episode's first call.
 
     python benchmarks/world_probe.py runs/demo/<time>_sagr/train runs/demo/<time>_fm_only/train \\
         --init runs/demo/<time>_sagr/train/config.yaml
@@ -30,7 +39,9 @@ from sagrflow.model.config import FrameworkConfig
 from sagrflow.model.policy import SAGRPolicy
 from sagrflow.train.config import read_yaml
 
-COLUMNS = ("vlm change/spread", "token change/spread", "token change", "world error", "error/change")
+COLUMNS = ("vlm change/spread", "token change/spread", "token change", "world error", "error/change",
+           "drift gain, same", "drift gain, previous")
+CHAIN = 4
 
 
 def _pooled_visual(enc) -> torch.Tensor:
@@ -65,7 +76,28 @@ def probe(policy: SAGRPolicy, batches: list) -> dict[str, float]:
         raise SystemExit("no batch held a valid (t, t+k) pair: probe more --batches")
     m = {k: statistics.fmean(v) for k, v in sums.items()}
     return dict(zip(COLUMNS, (m["vlm_change"] / m["vlm_spread"], m["change"] / m["spread"], m["change"], m["error"],
-                              statistics.median(ratios)), strict=True))
+                              statistics.median(ratios), drift_gain(policy, batches, "same"),
+                              drift_gain(policy, batches, "previous")), strict=True))
+
+
+@torch.no_grad()
+def drift_gain(policy: SAGRPolicy, batches: list, residual: str) -> float:
+    """Mean training loss_fm with drift_eta 0 over with the policy's drift reading `residual` (a
+    drift_residual mode), minus 1, on the same noise and time draws."""
+    am, drift = policy.config.action_model, policy.head.drift
+    eta, mode, fm = drift.eta, am.drift_residual, {}
+    am.drift_residual = residual
+    try:
+        for off in (False, True):
+            drift.eta = 0.0 if off else eta
+            values = []
+            for i, b in enumerate(batches):
+                torch.manual_seed(100 + i)
+                values.append(float(policy(b)["loss_fm"].mean()))
+            fm[off] = statistics.fmean(values)
+    finally:
+        drift.eta, am.drift_residual = eta, mode
+    return fm[True] / fm[False] - 1
 
 
 def main() -> None:
@@ -87,14 +119,17 @@ def main() -> None:
         am = p.config.action_model
         if am.world_action_source != "teacher" or am.use_geometric_branch:
             raise SystemExit(f"{name}: the probe covers world_action_source teacher without the geometric branch")
-    sizes = {tuple(p.config.backbone.image_size) for p in policies.values()}
+    sizes = {(tuple(p.config.backbone.image_size), p.config.action_model.temporal_delta_k) for p in policies.values()}
     if len(sizes) > 1:
-        raise SystemExit(f"the policies read images of different sizes {sorted(sizes)}: probe them one size at a time")
+        raise SystemExit(f"the policies differ in (image size, k) {sorted(sizes, key=str)}: probe one at a time")
+    size, k = sizes.pop()
     cfg = VlaDataConfig(data_root_dir=args.data_dir, data_mix=args.data_mix, per_device_batch_size=args.batch_size,
-                        num_workers=1, image_size=list(sizes.pop()), include_state=True, seed=1)
+                        num_workers=1, image_size=list(size), include_state=True, seed=1, temporal_delta_k=k,
+                        chain_length=CHAIN)
     loader = iter(TemporalLoader(build_dataset(cfg), cfg))
     batches = [next(loader) for _ in range(args.batches)]
-    print(f"{args.batches} batches of {args.batch_size} (t, t+k) pairs from {args.data_dir} ({args.data_mix})")
+    print(f"{args.batches} batches of {args.batch_size} (t, t+k) pairs, k = {k or 'the data default'}, in chains "
+          f"of {CHAIN}, from {args.data_dir} ({args.data_mix})")
     print(" | ".join(COLUMNS) + " | policy")
     for name, policy in policies.items():
         row = probe(policy, batches)
