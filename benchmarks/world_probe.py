@@ -17,8 +17,9 @@ them), without gradients:
                        what inference does not have: the chunk's own expert actions and its own future
 A token change/spread far below the VLM's says the task tokens became time-invariant: the world
 losses are then met without modelling the dynamics. `--init` adds a fresh policy of a run's config.
-Batches are chains of 4 (datasets.vla_data.chain_length), which drift_residual "previous" needs; a
-chain's first member has no predecessor (drift 0 under "previous"), as an episode's first call.
+The drift gains are measured on batches of chains of 4 (datasets.vla_data.chain_length), which
+drift_residual "previous" needs, over the samples with a chain predecessor; the other columns on
+independent draws.
 
     python benchmarks/world_probe.py runs/demo/<time>_sagr/train runs/demo/<time>_fm_only/train \\
         --init runs/demo/<time>_sagr/train/config.yaml
@@ -51,7 +52,9 @@ def _pooled_visual(enc) -> torch.Tensor:
 
 
 @torch.no_grad()
-def probe(policy: SAGRPolicy, batches: list) -> dict[str, float]:
+def probe(policy: SAGRPolicy, batches: list, chained: list) -> dict[str, float]:
+    """Every column for one policy: the change and error columns on `batches` (independent draws), the
+    drift gains on `chained` (chains of CHAIN)."""
     policy.eval()
     sums: dict[str, list[float]] = {k: [] for k in ("vlm_change", "vlm_spread", "change", "spread", "error")}
     ratios: list[float] = []
@@ -76,14 +79,15 @@ def probe(policy: SAGRPolicy, batches: list) -> dict[str, float]:
         raise SystemExit("no batch held a valid (t, t+k) pair: probe more --batches")
     m = {k: statistics.fmean(v) for k, v in sums.items()}
     return dict(zip(COLUMNS, (m["vlm_change"] / m["vlm_spread"], m["change"] / m["spread"], m["change"], m["error"],
-                              statistics.median(ratios), drift_gain(policy, batches, "same"),
-                              drift_gain(policy, batches, "previous")), strict=True))
+                              statistics.median(ratios), drift_gain(policy, chained, "same"),
+                              drift_gain(policy, chained, "previous")), strict=True))
 
 
 @torch.no_grad()
 def drift_gain(policy: SAGRPolicy, batches: list, residual: str) -> float:
     """Mean training loss_fm with drift_eta 0 over with the policy's drift reading `residual` (a
-    drift_residual mode), minus 1, on the same noise and time draws."""
+    drift_residual mode), minus 1, on the same noise and time draws, over the samples that have a
+    chain predecessor (the others have no residual under "previous", as an episode's first call)."""
     am, drift = policy.config.action_model, policy.head.drift
     eta, mode, fm = drift.eta, am.drift_residual, {}
     am.drift_residual = residual
@@ -92,8 +96,9 @@ def drift_gain(policy: SAGRPolicy, batches: list, residual: str) -> float:
             drift.eta = 0.0 if off else eta
             values = []
             for i, b in enumerate(batches):
+                has = torch.tensor(policy.plan_targets(b).previous) >= 0
                 torch.manual_seed(100 + i)
-                values.append(float(policy(b)["loss_fm"].mean()))
+                values.append(float(policy(b)["loss_fm"][has].mean()))
             fm[off] = statistics.fmean(values)
     finally:
         drift.eta, am.drift_residual = eta, mode
@@ -109,6 +114,8 @@ def main() -> None:
     ap.add_argument("--batches", type=int, default=4)
     ap.add_argument("--batch-size", type=int, default=32)
     args = ap.parse_args()
+    if args.batch_size % CHAIN:
+        ap.error(f"--batch-size must be a multiple of {CHAIN}: the drift gains are measured on chains of {CHAIN}")
     if not args.policies and not args.init:
         ap.error("name at least one policy or --init config")
     policies = {str(p): SAGRPolicy.load(resolve_checkpoint(p)) for p in args.policies}
@@ -123,16 +130,20 @@ def main() -> None:
     if len(sizes) > 1:
         raise SystemExit(f"the policies differ in (image size, k) {sorted(sizes, key=str)}: probe one at a time")
     size, k = sizes.pop()
-    cfg = VlaDataConfig(data_root_dir=args.data_dir, data_mix=args.data_mix, per_device_batch_size=args.batch_size,
-                        num_workers=1, image_size=list(size), include_state=True, seed=1, temporal_delta_k=k,
-                        chain_length=CHAIN)
-    loader = iter(TemporalLoader(build_dataset(cfg), cfg))
-    batches = [next(loader) for _ in range(args.batches)]
-    print(f"{args.batches} batches of {args.batch_size} (t, t+k) pairs, k = {k or 'the data default'}, in chains "
-          f"of {CHAIN}, from {args.data_dir} ({args.data_mix})")
+
+    def draw(chain_length: int) -> list:
+        cfg = VlaDataConfig(data_root_dir=args.data_dir, data_mix=args.data_mix, per_device_batch_size=args.batch_size,
+                            num_workers=1, image_size=list(size), include_state=True, seed=1, temporal_delta_k=k,
+                            chain_length=chain_length)
+        loader = iter(TemporalLoader(build_dataset(cfg), cfg))
+        return [next(loader) for _ in range(args.batches)]
+
+    batches, chained = draw(1), draw(CHAIN)
+    print(f"{args.batches} batches of {args.batch_size} (t, t+k) pairs, k = {k or 'the data default'}, from "
+          f"{args.data_dir} ({args.data_mix}); the drift gains on as many in chains of {CHAIN}")
     print(" | ".join(COLUMNS) + " | policy")
     for name, policy in policies.items():
-        row = probe(policy, batches)
+        row = probe(policy, batches, chained)
         print(" | ".join(f"{row[c]:.3g}".rjust(len(c)) for c in COLUMNS) + f" | {name}", flush=True)
 
 
