@@ -148,7 +148,8 @@ class Trainer:
                               f"to [0, {k}] (or leave it unset with datasets.vla_data.temporal_delta_k)")
         if am.drift_residual == "previous" and self.cfg.data.chain_length < 2 and not self.cfg.trainer.fm_only:
             raise ConfigError("framework.action_model.drift_residual='previous' reads the residual of the chain member "
-                              "before each sample: set datasets.vla_data.chain_length >= 2 (2 is enough)")
+                              "before each sample: set datasets.vla_data.chain_length >= 2 (a batch of B then "
+                              "holds B/L independent draws: raise per_device_batch_size with it)")
         backbone, cameras = self.cfg.framework.backbone, len(ds.embodiment.video_keys)
         if backbone.cameras is None:  # recorded in config.yaml and every checkpoint, and checked at inference
             backbone.cameras = cameras
