@@ -49,13 +49,16 @@ class RolloutConfig:
         """Actions executed from a chunk of `chunk_length` before the policy is asked again."""
         return chunk_length if self.execute_steps is None else min(self.execute_steps, chunk_length)
 
+    def check_due(self, since_chunk: int) -> bool:
+        """Whether a mid-chunk check (--check-every) falls `since_chunk` steps after a chunk was adopted."""
+        return bool(self.check_every) and since_chunk > 0 and since_chunk % self.check_every == 0
+
 
 def call_steps(cfg: RolloutConfig, horizon: int) -> list[int]:
     """The steps after a chunk is adopted at which the harness calls the policy again: its checks
     (multiples of `check_every` before the chunk runs out) and the chunk's end."""
     n = cfg.executed(horizon)
-    checks = range(cfg.check_every, n, cfg.check_every) if cfg.check_every else []
-    return [*checks, n]
+    return [*(step for step in range(1, n) if cfg.check_due(step)), n]
 
 
 def residual_note(cfg: RolloutConfig, horizon: int, k: int | None) -> str | None:
@@ -164,8 +167,7 @@ def _start(policy: Policy, suite: Suite, envs: dict, slot: int, job: Job, instru
 
 def _query(policy: Policy, running: dict[int, tuple[int, _Slot]], cfg: RolloutConfig) -> None:
     """One batched policy call for every slot whose chunk ran out or whose mid-chunk check is due."""
-    due = [slot for slot, (_, s) in running.items()
-           if not s.plan or (cfg.check_every and s.since_chunk and s.since_chunk % cfg.check_every == 0)]
+    due = [slot for slot, (_, s) in running.items() if not s.plan or cfg.check_due(s.since_chunk)]
     if not due:
         return
     slots = [running[slot][1] for slot in due]
