@@ -90,15 +90,16 @@ def drift_gain(policy: SAGRPolicy, batches: list, residual: str) -> float:
     chain predecessor (the others have no residual under "previous", as an episode's first call)."""
     am, drift = policy.config.action_model, policy.head.drift
     eta, mode, fm = drift.eta, am.drift_residual, {}
+    plans = [policy.plan_targets(b) for b in batches]  # one per batch, for both passes
     am.drift_residual = residual
     try:
         for off in (False, True):
             drift.eta = 0.0 if off else eta
             values = []
-            for i, b in enumerate(batches):
-                has = torch.tensor(policy.plan_targets(b).previous) >= 0
+            for i, (b, plan) in enumerate(zip(batches, plans, strict=True)):
+                has = torch.tensor(plan.previous) >= 0
                 torch.manual_seed(100 + i)
-                values.append(float(policy(b)["loss_fm"][has].mean()))
+                values.append(float(policy(b, plan=plan)["loss_fm"][has].mean()))
             fm[off] = statistics.fmean(values)
     finally:
         drift.eta, am.drift_residual = eta, mode
