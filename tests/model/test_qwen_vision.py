@@ -232,6 +232,32 @@ def test_backbone_equals_the_models_own_call_with_its_mask(tiny_dirs, arch):
 
 
 @pytest.mark.parametrize("arch", ["qwen2_5_vl", "qwen3_vl"])
+def test_tower_features_joined_as_older_transformers_hand_them_give_the_same_pass(tiny_dirs, arch, monkeypatch):
+    """The tower's features joined, one (V, D) tensor, as transformers up to 5.17 hands back Qwen3-VL's
+    deepstack features, give the same pass as one piece per image, as later versions hand them back."""
+    torch.manual_seed(0)
+    backbone = VLMBackbone.from_pretrained(tiny_dirs[arch])
+    images = torch.randint(0, 256, (2, 2, 3, 56, 56), generator=torch.Generator().manual_seed(5), dtype=torch.uint8)
+    lang = ["pick up the red cup", "go"]
+    split = backbone(images, lang).hidden_states
+    own = backbone.vlm.get_image_features
+    joined = []
+
+    def joined_features(*args, **kwargs):
+        out = own(*args, **kwargs)
+        out.pooler_output = torch.cat(list(out.pooler_output))
+        if getattr(out, "deepstack_features", None):
+            out.deepstack_features = [torch.cat(list(pieces)) for pieces in out.deepstack_features]
+        joined.append(out.pooler_output.shape)
+        return out
+
+    monkeypatch.setattr(backbone.vlm, "get_image_features", joined_features)
+    for a, b in zip(split, backbone(images, lang).hidden_states, strict=True):
+        torch.testing.assert_close(b, a, atol=0, rtol=0)
+    assert len(joined) == 1 and joined[0][0] > 0
+
+
+@pytest.mark.parametrize("arch", ["qwen2_5_vl", "qwen3_vl"])
 def test_a_copied_backbone_keeps_its_patches_bound_to_its_own_modules(tiny_dirs, arch):
     """The batched tower attention and Qwen3-VL's deepstack-by-index survive deepcopy, bound to the
     copy's modules, not the original's."""

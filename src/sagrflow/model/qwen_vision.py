@@ -37,6 +37,7 @@ import sys
 import types
 import weakref
 from collections import OrderedDict
+from collections.abc import Sequence
 from functools import lru_cache, partial
 
 import torch
@@ -116,7 +117,7 @@ def embedded_inputs(model: nn.Module, inputs: dict[str, torch.Tensor], grid_thw:
     tower = {k: v for k, v in inputs.items() if k.startswith("image_") and k != "image_grid_thw"}
     # host grids: the features are split on the host, not after a read-back of the device copy
     out = model.get_image_features(inputs["pixel_values"], grid_thw, return_dict=True, **tower)
-    features = torch.cat(list(out.pooler_output)).to(embeds.dtype)  # (V, D) all images' tokens, in order
+    features = _joined(out.pooler_output).to(embeds.dtype)  # (V, D) all images' tokens, in order
     where = visual.flatten().nonzero().squeeze(1)  # (V,) flat positions of the image tokens, on the host
     if where.numel() != features.shape[0]:
         raise ValueError(f"{where.numel()} image tokens in the prompts but the tower made {features.shape[0]} features")
@@ -127,8 +128,14 @@ def embedded_inputs(model: nn.Module, inputs: dict[str, torch.Tensor], grid_thw:
     deepstack = getattr(out, "deepstack_features", None)
     if deepstack:
         result["visual_pos_masks"] = where
-        result["deepstack_visual_embeds"] = [torch.cat(list(pieces)) for pieces in deepstack]  # each (V, D)
+        result["deepstack_visual_embeds"] = [_joined(pieces) for pieces in deepstack]  # each (V, D)
     return result
+
+
+def _joined(features: torch.Tensor | Sequence[torch.Tensor]) -> torch.Tensor:
+    """The tower's features of all images (V, D), from one piece per image ((V_i, D) each) or already
+    joined: transformers up to 5.17 hands Qwen3-VL's deepstack features back joined, later ones split."""
+    return features if isinstance(features, torch.Tensor) else torch.cat(list(features))
 
 
 def _deepstack_by_index(self, hidden_states: torch.Tensor, visual_pos_masks: torch.Tensor,
