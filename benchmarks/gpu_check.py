@@ -47,7 +47,7 @@ import numpy as np
 import torch
 
 import sagrflow.model.backbone as backbone_module
-from model_step import CAMS, SIDE, S, alternate, build, fake_batch, train_step
+from model_step import CAMS, SIDE, S, alternate, alternate_runs, build, fake_batch, train_step
 from sagrflow.model.qwen_vision import PATCHED, llm_positions
 
 # mode -> (fm_only, chained (chain_length from --chain-length) or not, framework.action_model.target_pass, compile_world)
@@ -61,7 +61,9 @@ COMPILE = {"dynamic": {"dynamic": True}, "auto": {"dynamic": None},
 
 def train_times(policies: dict[bool, object], batch_size: int, iters: int, device: str,
                 dtype, hf: bool = True, profile: bool = False, chain_length: int = 4) -> dict[str, dict[str, float]]:
-    """Median seconds per optimizer step of each mode, and the peak memory of one step on CUDA.
+    """Median ms per optimizer step of each mode, its ratio to fm_only's, the quartiles of the
+    per-round ratios (each round times every mode once, in turn: the spread that the machine's noise
+    leaves on the ratio), and the peak memory of one step on CUDA.
     `policies`: compiled world modules or not -> a policy (the same weights)."""
     optimizers = {c: torch.optim.AdamW(p.parameters(), lr=1e-5) for c, p in policies.items()}
     modes = {m: spec for m, spec in TRAIN_MODES.items() if spec[3] in policies}  # no compiled policy: no such mode
@@ -93,8 +95,8 @@ def train_times(policies: dict[bool, object], batch_size: int, iters: int, devic
         for _ in range(3):
             steps["sagr_chain_fused_compiled"]()
     compile_s = time.perf_counter() - compile_start
-    seconds = alternate(steps, iters, device)
-    out = {m: {"ms": seconds[m] * 1e3} for m in steps}
+    runs = {m: np.array(v) for m, v in alternate_runs(steps, iters, device).items()}
+    out = {m: {"ms": float(np.median(v)) * 1e3} for m, v in runs.items()}
     if device.startswith("cuda"):
         for m, fn in steps.items():
             torch.cuda.synchronize()
@@ -103,6 +105,7 @@ def train_times(policies: dict[bool, object], batch_size: int, iters: int, devic
             out[m]["peak_mib"] = torch.cuda.max_memory_allocated() / 2**20
     for m in steps:
         out[m]["ratio_to_fm_only"] = out[m]["ms"] / out["fm_only"]["ms"]
+        out[m]["round_ratio_quartiles"] = np.percentile(runs[m] / runs["fm_only"], [25, 50, 75]).tolist()
     # the SA-GR / fm-only ratio with the read-backs, beside the one without (sagr_chain_fused's)
     out["sagr_chain_fused_hf_inputs"]["ratio_to_fm_only_hf_inputs"] = (
         out["sagr_chain_fused_hf_inputs"]["ms"] / out["fm_only_hf_inputs"]["ms"])
@@ -270,10 +273,11 @@ def main() -> None:
               "train": train, "predict_action": predict, "build_s": built, "total_s": time.perf_counter() - start}
     print(f"{device}, torch {torch.__version__}, {name} config ({result['params_m']:.1f}M params), batch {batch_size}, "
           f"autocast {args.dtype}, chain_length {args.chain_length}, medians of {iters} interleaved runs, built in {built:.0f}s")
-    print(f"(a) optimizer step              {'ms':>8} {'x fm_only':>10} {'peak MiB':>9}")
+    print(f"(a) optimizer step              {'ms':>8} {'x fm_only':>10} {'peak MiB':>9}   per-round ratio q1-q3")
     for mode, row in train.items():
         peak = f"{row['peak_mib']:9.0f}" if "peak_mib" in row else f"{'-':>9}"
-        print(f"    {mode:26s} {row['ms']:8.1f} {row['ratio_to_fm_only']:9.2f}x {peak}")
+        q1, _, q3 = row["round_ratio_quartiles"]
+        print(f"    {mode:26s} {row['ms']:8.1f} {row['ratio_to_fm_only']:9.2f}x {peak}   {q1:.2f}-{q3:.2f}")
     hf_ratio = train["sagr_chain_fused_hf_inputs"]["ratio_to_fm_only_hf_inputs"]
     print(f"    (with the read-backs, sagr_chain_fused / fm_only: {hf_ratio:.2f}x; "
           f"without: {train['sagr_chain_fused']['ratio_to_fm_only']:.2f}x)")

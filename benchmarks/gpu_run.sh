@@ -1,14 +1,17 @@
 #!/usr/bin/env bash
 # The prepared GPU run of issue 7, for a CUDA machine whose Python already has torch and
-# transformers (nothing is downloaded): about 7 minutes on one H100 or H200. Each part writes its
+# transformers (nothing is downloaded): about 6 minutes on one H100. Each part writes its
 # JSON (and the profile's Chrome traces) and its log under $OUT (default runs/gpu/<time>).
 #   1. gpu_profile.py, batch 64: where the fm-only and SA-GR steps' host time goes, syncs, CUDA runtime calls
-#   2. gpu_check.py, batch 64, chain 8, world modules in CUDA graphs: (a) at the batch that misses 1.10x
+#   2. gpu_check.py, batch 64, chain 8, world modules in CUDA graphs: (a) at batch 64
+#   2b. the same, eager, in a process of its own: how far two processes' ratios differ
 #   3. gpu_check.py --config large, chain 8: (a) at Qwen2.5-VL-3B's shapes, where the GPU should set the
 #      step time (step_cost.py: the separate target pass adds 4% of the FLOPs there)
 #   4. the CUDA-only tests (predict_action's CUDA graph, the trainer's one read per step) and the
 #      backbone's equivalence tests
 #     bash benchmarks/gpu_run.sh    # LIMIT=<s> caps each part (default 200); PYTHON=<interpreter> (default python3)
+# It writes 12 files; where fewer may come back, pack them after it:
+#     cd "$OUT" && tar czf /tmp/gpu_run.tgz * && rm -f * && mv /tmp/gpu_run.tgz .
 set -uo pipefail
 cd "$(dirname "$0")/.."
 export PYTHONPATH=src HF_HUB_OFFLINE=1 HF_HUB_DISABLE_PROGRESS_BARS=1
@@ -27,6 +30,7 @@ nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | 
 "$PY" -c "import torch, transformers; print('torch', torch.__version__, 'transformers', transformers.__version__)" | tee -a "$OUT/gpu.txt"
 part profile_b64 "$PY" benchmarks/gpu_profile.py --batch-size 64 --trace
 part check_b64_graphs_chain8 "$PY" benchmarks/gpu_check.py --batch-size 64 --compile graphs --train-only --chain-length 8
+part check_b64_eager_chain8 "$PY" benchmarks/gpu_check.py --batch-size 64 --compile none --train-only --chain-length 8
 part check_large_chain8 "$PY" benchmarks/gpu_check.py --config large --compile none --train-only --chain-length 8
 part tests "$PY" -m pytest -q -p no:cacheprovider tests/model/test_cuda_graphs.py tests/model/test_qwen_vision.py tests/core/test_device.py \
     "tests/train/test_trainer.py::test_a_cuda_step_waits_for_the_gpu_only_to_read_its_metrics"

@@ -118,13 +118,22 @@ def timed(fn, device: str) -> float:
 
 def alternate(fns: dict, iters: int, device: str) -> dict[str, float]:
     """Median seconds per call of each fn, calls interleaved so drift in machine load hits all alike."""
+    return {k: statistics.median(v) for k, v in alternate_runs(fns, iters, device).items()}
+
+
+def alternate_runs(fns: dict, iters: int, device: str) -> dict[str, list[float]]:
+    """Seconds of each call of each fn, `iters` rounds of one call of each in turn: a round's times
+    share the machine's load of that moment, so a ratio within a round sheds most of its drift. Each
+    round starts one fn later than the last, so no fn always runs right after the same other one
+    (what a call leaves behind, in caches, the allocator or the GPU's clocks, falls on all alike)."""
     for fn in fns.values():
         fn()  # warm-up
     times = {k: [] for k in fns}
-    for _ in range(iters):
-        for k, fn in fns.items():
-            times[k].append(timed(fn, device))
-    return {k: statistics.median(v) for k, v in times.items()}
+    keys = list(fns)
+    for i in range(iters):
+        for k in keys[i % len(keys):] + keys[:i % len(keys)]:
+            times[k].append(timed(fns[k], device))
+    return times
 
 
 def saved_bytes(policy: SAGRPolicy, batch: Batch, fm_only: bool) -> int:
