@@ -62,8 +62,9 @@ COMPILE = {"dynamic": {"dynamic": True}, "auto": {"dynamic": None},
 def train_times(policies: dict[bool, object], batch_size: int, iters: int, device: str,
                 dtype, hf: bool = True, profile: bool = False, chain_length: int = 4) -> dict[str, dict[str, float]]:
     """Median ms per optimizer step of each mode, its ratio to fm_only's, the quartiles of the
-    per-round ratios (each round times every mode once, in turn: the spread that the machine's noise
-    leaves on the ratio), and the peak memory of one step on CUDA.
+    per-round ratios (each round times every mode once, in an order of its own: how far the ratio
+    moves from round to round; a bias that lasts the whole process, which only a second process
+    shows, leaves them tight), and the peak memory of one step on CUDA.
     `policies`: compiled world modules or not -> a policy (the same weights)."""
     optimizers = {c: torch.optim.AdamW(p.parameters(), lr=1e-5) for c, p in policies.items()}
     modes = {m: spec for m, spec in TRAIN_MODES.items() if spec[3] in policies}  # no compiled policy: no such mode

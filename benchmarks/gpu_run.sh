@@ -4,7 +4,8 @@
 # JSON (and the profile's Chrome traces) and its log under $OUT (default runs/gpu/<time>).
 #   1. gpu_profile.py, batch 64: where the fm-only and SA-GR steps' host time goes, syncs, CUDA runtime calls
 #   2. gpu_check.py, batch 64, chain 8, world modules in CUDA graphs: (a) at batch 64
-#   2b. the same, eager, in a process of its own: how far two processes' ratios differ
+#   2b. the same, eager, in a process of its own: how far two processes' ratios differ (a bias lasting a
+#       whole process leaves the per-round quartiles tight)
 #   3. gpu_check.py --config large, chain 8: (a) at Qwen2.5-VL-3B's shapes, where the GPU should set the
 #      step time (step_cost.py: the separate target pass adds 4% of the FLOPs there)
 #   4. the CUDA-only tests (predict_action's CUDA graph, the trainer's one read per step) and the

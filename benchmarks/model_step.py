@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import random
 import statistics
 import subprocess
 import sys
@@ -122,16 +123,17 @@ def alternate(fns: dict, iters: int, device: str) -> dict[str, float]:
 
 
 def alternate_runs(fns: dict, iters: int, device: str) -> dict[str, list[float]]:
-    """Seconds of each call of each fn, `iters` rounds of one call of each in turn: a round's times
-    share the machine's load of that moment, so a ratio within a round sheds most of its drift. Each
-    round starts one fn later than the last, so no fn always runs right after the same other one
-    (what a call leaves behind, in caches, the allocator or the GPU's clocks, falls on all alike)."""
+    """Seconds of each call of each fn, `iters` rounds of one call of each: a round's times share the
+    machine's load of that moment, so a ratio within a round sheds most of its drift. Each round runs
+    the fns in an order of its own (seeded shuffle), so what a call leaves behind (in caches, the
+    allocator, the GPU's clocks) does not fall on the same fn every round."""
     for fn in fns.values():
         fn()  # warm-up
     times = {k: [] for k in fns}
-    keys = list(fns)
-    for i in range(iters):
-        for k in keys[i % len(keys):] + keys[:i % len(keys)]:
+    keys, order = list(fns), random.Random(0)
+    for _ in range(iters):
+        order.shuffle(keys)
+        for k in keys:
             times[k].append(timed(fns[k], device))
     return times
 

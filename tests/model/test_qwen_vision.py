@@ -233,8 +233,8 @@ def test_backbone_equals_the_models_own_call_with_its_mask(tiny_dirs, arch):
 
 @pytest.mark.parametrize("arch", ["qwen2_5_vl", "qwen3_vl"])
 def test_tower_features_joined_as_older_transformers_hand_them_give_the_same_pass(tiny_dirs, arch, monkeypatch):
-    """The tower's features joined, one (V, D) tensor, as transformers up to 5.17 hands back Qwen3-VL's
-    deepstack features, give the same pass as one piece per image, as later versions hand them back."""
+    """The tower's merged and deepstack features each joined into one (V, D) tensor (transformers up to
+    5.17 hands Qwen3-VL's deepstack features back so) give the same pass as one piece per image."""
     torch.manual_seed(0)
     backbone = VLMBackbone.from_pretrained(tiny_dirs[arch])
     images = torch.randint(0, 256, (2, 2, 3, 56, 56), generator=torch.Generator().manual_seed(5), dtype=torch.uint8)
