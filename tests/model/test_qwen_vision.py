@@ -258,6 +258,21 @@ def test_tower_features_joined_as_older_transformers_hand_them_give_the_same_pas
 
 
 @pytest.mark.parametrize("arch", ["qwen2_5_vl", "qwen3_vl"])
+def test_hooks_on_the_tower_the_language_model_and_its_layers_fire_once_per_call(tiny_dirs, arch):
+    """What the README promises to users who hook the VLM's parts (the backbone does not call
+    `backbone.vlm` itself for Qwen, so a hook there does not fire)."""
+    backbone = VLMBackbone.from_pretrained(tiny_dirs[arch])
+    fired: dict[str, int] = {}
+    parts = {"visual": backbone.vlm.visual, "language_model": backbone.vlm.language_model,
+             "last layer": backbone.vlm.language_model.layers[-1]}
+    for name, module in parts.items():
+        module.register_forward_hook(lambda m, i, o, name=name: fired.__setitem__(name, fired.get(name, 0) + 1))
+    images = torch.randint(0, 256, (2, 2, 3, 56, 56), generator=torch.Generator().manual_seed(6), dtype=torch.uint8)
+    backbone(images, ["pick up the red cup", "go"])
+    assert fired == dict.fromkeys(parts, 1)
+
+
+@pytest.mark.parametrize("arch", ["qwen2_5_vl", "qwen3_vl"])
 def test_a_copied_backbone_keeps_its_patches_bound_to_its_own_modules(tiny_dirs, arch):
     """The batched tower attention and Qwen3-VL's deepstack-by-index survive deepcopy, bound to the
     copy's modules, not the original's."""
