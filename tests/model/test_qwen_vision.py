@@ -273,21 +273,25 @@ def test_hooks_on_the_tower_the_language_model_and_its_layers_fire_once_per_call
 
 
 @pytest.mark.parametrize("arch", ["qwen2_5_vl", "qwen3_vl"])
-def test_a_copied_backbone_keeps_its_patches_bound_to_its_own_modules(tiny_dirs, arch):
-    """The batched tower attention and Qwen3-VL's deepstack-by-index survive deepcopy, bound to the
-    copy's modules, not the original's."""
+@pytest.mark.parametrize("how", ["deepcopy", "pickle"])
+def test_a_copied_backbone_keeps_its_patches_bound_to_its_own_modules(tiny_dirs, arch, how):
+    """The batched tower attention and Qwen3-VL's deepstack-by-index survive deepcopy and a pickle
+    round trip (torch.save of a whole policy, spawned workers), bound to the copy's modules, not the
+    original's. (Pickled before any forward: transformers hooks Qwen3-VL's modules with local
+    functions at its first forward, which pickle cannot name.)"""
     import copy
+    import pickle
 
     backbone = VLMBackbone.from_pretrained(tiny_dirs[arch])
     images = torch.randint(0, 256, (2, 2, 3, 64, 64), generator=torch.Generator().manual_seed(5), dtype=torch.uint8)
     lang = ["pick up the red cup", "go"]
+    twin = copy.deepcopy(backbone) if how == "deepcopy" else pickle.loads(pickle.dumps(backbone))
     with torch.no_grad():
         want = backbone(images, lang).last_hidden_state
-    twin = copy.deepcopy(backbone)
     patched = [m for m in twin.vlm.modules() if "forward" in vars(m) and type(m).__name__ in PATCHED]
-    assert patched and all(m.forward.__self__ is m for m in patched)
+    assert patched and all(m.forward.args[0] is m for m in patched)
     if arch == "qwen3_vl":
-        assert twin.vlm.language_model._deepstack_process.__self__ is twin.vlm.language_model
+        assert twin.vlm.language_model._deepstack_process.args[0] is twin.vlm.language_model
     with torch.no_grad():
         torch.testing.assert_close(twin(images, lang).last_hidden_state, want, atol=0, rtol=0)
 

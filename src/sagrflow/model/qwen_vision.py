@@ -34,7 +34,6 @@ Legend: S patches of all images, P pieces, M longest piece, nh heads, hd head si
 from __future__ import annotations
 
 import sys
-import types
 import weakref
 from collections import OrderedDict
 from collections.abc import Sequence
@@ -156,7 +155,9 @@ def index_deepstack(model: nn.Module) -> bool:
     language_model = getattr(model, "language_model", None)
     if language_model is None or not hasattr(language_model, "_deepstack_process"):
         return False
-    language_model._deepstack_process = types.MethodType(_deepstack_by_index, language_model)
+    # a partial of a module-level function, not a bound method: it survives pickling (torch.save of a
+    # whole policy, spawned workers) as well as deepcopy, bound to the copy's own module
+    language_model._deepstack_process = partial(_deepstack_by_index, language_model)
     return True
 
 
@@ -259,6 +260,6 @@ def batch_segments(model: nn.Module) -> int:
     changed = 0
     for module in model.modules():
         if type(module).__name__ in PATCHED and "flash" not in str(module.config._attn_implementation):
-            module.forward = types.MethodType(_forward, module)
+            module.forward = partial(_forward, module)  # picklable, as in index_deepstack
             changed += 1
     return changed
