@@ -91,13 +91,13 @@ def drift_gain(policy: SAGRPolicy, batches: list, residual: str) -> float:
     am, drift = policy.config.action_model, policy.head.drift
     eta, mode, fm = drift.eta, am.drift_residual, {}
     plans = [policy.plan_targets(b) for b in batches]  # one per batch, for both passes
+    with_previous = [torch.tensor(plan.previous) >= 0 for plan in plans]  # (B,) each
     am.drift_residual = residual
     try:
         for off in (False, True):
             drift.eta = 0.0 if off else eta
             values = []
-            for i, (b, plan) in enumerate(zip(batches, plans, strict=True)):
-                has = torch.tensor(plan.previous) >= 0
+            for i, (b, plan, has) in enumerate(zip(batches, plans, with_previous, strict=True)):
                 torch.manual_seed(100 + i)
                 values.append(float(policy(b, plan=plan)["loss_fm"][has].mean()))
             fm[off] = statistics.fmean(values)
