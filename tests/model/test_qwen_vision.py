@@ -243,11 +243,14 @@ def test_tower_features_joined_as_older_transformers_hand_them_give_the_same_pas
     own = backbone.vlm.get_image_features
     joined = []
 
+    def join(pieces):  # transformers 5.17 already joins Qwen3-VL's deepstack features: keep those
+        return pieces if torch.is_tensor(pieces) else torch.cat(list(pieces))
+
     def joined_features(*args, **kwargs):
         out = own(*args, **kwargs)
-        out.pooler_output = torch.cat(list(out.pooler_output))
+        out.pooler_output = join(out.pooler_output)
         if getattr(out, "deepstack_features", None):
-            out.deepstack_features = [torch.cat(list(pieces)) for pieces in out.deepstack_features]
+            out.deepstack_features = [join(pieces) for pieces in out.deepstack_features]
         joined.append(out.pooler_output.shape)
         return out
 
