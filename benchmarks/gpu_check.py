@@ -107,6 +107,7 @@ def train_times(policies: dict[bool, object], batch_size: int, iters: int, devic
     for m in steps:
         out[m]["ratio_to_fm_only"] = out[m]["ms"] / out["fm_only"]["ms"]
         out[m]["round_ratio_quartiles"] = np.percentile(runs[m] / runs["fm_only"], [25, 50, 75]).tolist()
+        out[m]["round_ms"] = (runs[m] * 1e3).tolist()  # gpu_pool.py pools the rounds of several processes
     # the SA-GR / fm-only ratio with the read-backs, beside the one without (sagr_chain_fused's)
     out["sagr_chain_fused_hf_inputs"]["ratio_to_fm_only_hf_inputs"] = (
         out["sagr_chain_fused_hf_inputs"]["ms"] / out["fm_only_hf_inputs"]["ms"])

@@ -4,14 +4,16 @@
 # JSON (and the profile's Chrome traces) and its log under $OUT (default runs/gpu/<time>).
 #   1. gpu_profile.py, batch 64: where the fm-only and SA-GR steps' host time goes, syncs, CUDA runtime calls
 #   2. gpu_check.py, batch 64, chain 8, world modules in CUDA graphs: (a) at batch 64
-#   2b. the same, eager, in a process of its own: how far two processes' ratios differ (a bias lasting a
-#       whole process leaves the per-round quartiles tight)
+#   2b. the same, eager, in processes of their own (REPEAT of them, default 1): how far processes'
+#       ratios differ (a bias lasting a whole process leaves the per-round quartiles tight)
 #   3. gpu_check.py --config large, chain 8: (a) at Qwen2.5-VL-3B's shapes, where the GPU should set the
 #      step time (step_cost.py: the separate target pass adds 4% of the FLOPs there)
 #   4. the CUDA-only tests (predict_action's CUDA graph, the trainer's one read per step) and the
 #      backbone's equivalence tests
+#   5. gpu_pool.py over every check's JSON: per-process medians and the pooled per-round ratios
 #     bash benchmarks/gpu_run.sh    # LIMIT=<s> caps each part (default 200); PYTHON=<interpreter> (default python3)
-# It writes 12 files; where fewer may come back, pack them after it:
+#     PARTS="eager large tests" REPEAT=3 bash benchmarks/gpu_run.sh   # some parts (default: all), 2b and 3 x3
+# It writes 12 files or more; where fewer may come back, pack them after it:
 #     cd "$OUT" && tar czf /tmp/gpu_run.tgz * && rm -f * && mv /tmp/gpu_run.tgz .
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -29,11 +31,22 @@ part() {  # part NAME COMMAND...: run it under the time cap, log to $OUT/NAME.lo
 }
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | tee "$OUT/gpu.txt"
 "$PY" -c "import torch, transformers; print('torch', torch.__version__, 'transformers', transformers.__version__)" | tee -a "$OUT/gpu.txt"
-part profile_b64 "$PY" benchmarks/gpu_profile.py --batch-size 64 --trace
-part check_b64_graphs_chain8 "$PY" benchmarks/gpu_check.py --batch-size 64 --compile graphs --train-only --chain-length 8
-part check_b64_eager_chain8 "$PY" benchmarks/gpu_check.py --batch-size 64 --compile none --train-only --chain-length 8
-part check_large_chain8 "$PY" benchmarks/gpu_check.py --config large --compile none --train-only --chain-length 8
-part tests "$PY" -m pytest -q -p no:cacheprovider tests/model/test_cuda_graphs.py tests/model/test_qwen_vision.py tests/core/test_device.py \
+want() { [[ " ${PARTS:-profile graphs eager large tests} " == *" $1 "* ]]; }
+repeat() {  # repeat NAME COMMAND...: REPEAT processes of it, the i-th's JSON under $OUT/NAME_<i>/
+    local name=$1 i
+    shift
+    for i in $(seq "${REPEAT:-1}"); do
+        part "${name}_$i" "$@" --out "$OUT/${name}_$i"
+    done
+}
+want profile && part profile_b64 "$PY" benchmarks/gpu_profile.py --batch-size 64 --trace
+want graphs && part check_b64_graphs_chain8 "$PY" benchmarks/gpu_check.py --batch-size 64 --compile graphs --train-only --chain-length 8
+want eager && repeat check_b64_eager_chain8 "$PY" benchmarks/gpu_check.py --batch-size 64 --compile none --train-only --chain-length 8
+want large && repeat check_large_chain8 "$PY" benchmarks/gpu_check.py --config large --compile none --train-only --chain-length 8
+want tests && part tests "$PY" -m pytest -q -p no:cacheprovider tests/model/test_cuda_graphs.py tests/model/test_qwen_vision.py tests/core/test_device.py \
     "tests/train/test_trainer.py::test_a_cuda_step_waits_for_the_gpu_only_to_read_its_metrics"
 grep -h -A12 "(a) optimizer step" "$OUT"/check_*.log
-grep -h -B1 -A4 "ms: forward" "$OUT/profile_b64.log"
+checks=$(find "$OUT" -name 'gpu_check_*.json')
+[[ -n $checks ]] && "$PY" benchmarks/gpu_pool.py $checks | tee "$OUT/pool.txt"
+want profile && grep -h -B1 -A4 "ms: forward" "$OUT/profile_b64.log"
+exit 0
