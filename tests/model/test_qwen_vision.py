@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import gc
 import sys
+import weakref
 
 import pytest
 import torch
@@ -198,6 +200,26 @@ def test_tower_inputs_stay_on_the_device_between_calls(tiny_dirs, arch):
     assert sum(_Lengths.of(first["image_cu_seqlens"])) == first["image_position_ids"].shape[0]  # no read-back
     on_cpu = host_position_inputs(backbone.vlm, inputs, torch.device("cpu"))
     assert all(not on_cpu[k].is_meta for k in tower)
+
+
+def test_a_model_moved_to_another_device_lets_go_of_the_old_devices_tower_inputs(tiny_dirs):
+    """The tower's remembered inputs are device tensors (about 1 MB a set on a GPU): after the model
+    moves, the old device's sets are dropped, not kept until 64 new ones push them out."""
+    from sagrflow.model.qwen_vision import _MEMOS, host_position_inputs
+
+    backbone = VLMBackbone.from_pretrained(tiny_dirs["qwen2_5_vl"])
+    images = torch.randint(0, 256, (2, 2, 3, 56, 56), generator=torch.Generator().manual_seed(5), dtype=torch.uint8)
+    inputs = backbone.prepare_inputs(images, ["open it", "close it"])
+    meta = host_position_inputs(backbone.vlm, inputs, torch.device("meta"))
+    # the sequence boundaries are also held, a few at most, by the table of their host lengths
+    held = [weakref.ref(v) for k, v in meta.items() if k.startswith("image_") and not k.endswith("seqlens")]
+    del meta
+    assert held and all(ref() is not None for ref in held)  # remembered while the model stays there
+    host_position_inputs(backbone.vlm, inputs, torch.device("cpu"))
+    gc.collect()
+    assert all(ref() is None for ref in held)
+    towers = [name for name in _MEMOS[backbone.vlm] if name.startswith("tower@")]
+    assert towers == ["tower@cpu"] and len(_MEMOS[backbone.vlm]["tower@cpu"]) == 1
 
 
 @pytest.mark.parametrize("arch", ["qwen2_5_vl", "qwen3_vl", "llava"])

@@ -77,9 +77,17 @@ class _Lengths:
 _MEMOS: weakref.WeakKeyDictionary[nn.Module, dict[str, Memo]] = weakref.WeakKeyDictionary()
 
 
-def _memo(model: nn.Module, name: str, size: int) -> Memo:
-    """`model`'s memo `name` (dropped with the model)."""
-    return _MEMOS.setdefault(model, {}).setdefault(name, Memo(size))
+def _memo(model: nn.Module, name: str, size: int, device: torch.device | None = None) -> Memo:
+    """`model`'s memo `name` (dropped with the model). With a `device`, the memo of device tensors for
+    that device: a model moved to another device drops the old device's memo, and its memory with it."""
+    memos = _MEMOS.setdefault(model, {})
+    if device is not None:
+        stale = [key for key in memos if key.startswith(f"{name}@")]
+        name = f"{name}@{device}"
+        for key in stale:
+            if key != name:
+                del memos[key]
+    return memos.setdefault(name, Memo(size))
 
 
 def host_position_inputs(model: nn.Module, inputs: dict[str, torch.Tensor],
@@ -93,8 +101,7 @@ def host_position_inputs(model: nn.Module, inputs: dict[str, torch.Tensor],
     # kept on `device`, so a remembered set costs no copy; keyed by the batch's grids, so each row count
     # takes an entry (SA-GR's fused rows and target passes vary it): room for 64, about 1 MB each at
     # 256 images of 224 px
-    moved, lengths = _memo(model, "tower", 64).get_or(
-        (grids, str(device)), lambda: _tower_on(model.visual, grid_thw, device))
+    moved, lengths = _memo(model, "tower", 64, device).get_or(grids, lambda: _tower_on(model.visual, grid_thw, device))
     for key, pieces in lengths.items():
         _Lengths.remember(moved[key], pieces)
     return {"position_ids": to_device(llm_positions(model, inputs), device),
