@@ -13,13 +13,18 @@
 #   5. gpu_pool.py over every check's JSON: per-process medians and the pooled per-round ratios
 #     bash benchmarks/gpu_run.sh    # LIMIT=<s> caps each part (default 200); PYTHON=<interpreter> (default python3)
 #     PARTS="eager large tests" REPEAT=3 bash benchmarks/gpu_run.sh   # some parts (default: all), 2b and 3 x3
-# It writes 12 files or more; where fewer may come back, pack them after it:
-#     cd "$OUT" && tar czf /tmp/gpu_run.tgz * && rm -f * && mv /tmp/gpu_run.tgz .
+# It writes 12 files or more (REPEAT adds a folder per process); where fewer may come back, pack them:
+#     cd "$OUT" && tar czf /tmp/gpu_run.tgz * && rm -rf -- * && mv /tmp/gpu_run.tgz .
+# It ends with status 0 whatever its parts did: each part's exit status is printed and in its log.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 export PYTHONPATH=src HF_HUB_OFFLINE=1 HF_HUB_DISABLE_PROGRESS_BARS=1
 OUT=${OUT:-runs/gpu/$(date +%Y%m%d_%H%M%S)}
 export OUT
+ALL="profile graphs eager large tests"
+for p in ${PARTS:-}; do
+    [[ " $ALL " == *" $p "* ]] || { echo "PARTS: no part '$p' (parts: $ALL)" >&2; exit 2; }
+done
 PY=${PYTHON:-python3}
 mkdir -p "$OUT"
 part() {  # part NAME COMMAND...: run it under the time cap, log to $OUT/NAME.log, go on whatever its status
@@ -31,7 +36,7 @@ part() {  # part NAME COMMAND...: run it under the time cap, log to $OUT/NAME.lo
 }
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | tee "$OUT/gpu.txt"
 "$PY" -c "import torch, transformers; print('torch', torch.__version__, 'transformers', transformers.__version__)" | tee -a "$OUT/gpu.txt"
-want() { [[ " ${PARTS:-profile graphs eager large tests} " == *" $1 "* ]]; }
+want() { [[ " ${PARTS:-$ALL} " == *" $1 "* ]]; }
 repeat() {  # repeat NAME COMMAND...: REPEAT processes of it, the i-th's JSON under $OUT/NAME_<i>/
     local name=$1 i
     shift
@@ -45,8 +50,9 @@ want eager && repeat check_b64_eager_chain8 "$PY" benchmarks/gpu_check.py --batc
 want large && repeat check_large_chain8 "$PY" benchmarks/gpu_check.py --config large --compile none --train-only --chain-length 8
 want tests && part tests "$PY" -m pytest -q -p no:cacheprovider tests/model/test_cuda_graphs.py tests/model/test_qwen_vision.py tests/core/test_device.py \
     "tests/train/test_trainer.py::test_a_cuda_step_waits_for_the_gpu_only_to_read_its_metrics"
-grep -h -A12 "(a) optimizer step" "$OUT"/check_*.log
-checks=$(find "$OUT" -name 'gpu_check_*.json')
-[[ -n $checks ]] && "$PY" benchmarks/gpu_pool.py $checks | tee "$OUT/pool.txt"
+grep -h -A12 "(a) optimizer step" "$OUT"/check_*.log 2>/dev/null
+if [[ -n $(find "$OUT" -name 'gpu_check_*.json' -print -quit) ]]; then
+    find "$OUT" -name 'gpu_check_*.json' -print0 | xargs -0 "$PY" benchmarks/gpu_pool.py | tee "$OUT/pool.txt"
+fi
 want profile && grep -h -B1 -A4 "ms: forward" "$OUT/profile_b64.log"
 exit 0

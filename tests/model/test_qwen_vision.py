@@ -9,6 +9,7 @@ import weakref
 import pytest
 import torch
 import torch.nn.functional as F
+import transformers
 
 from sagrflow.model.backbone import VLMBackbone
 from sagrflow.model.qwen_vision import PATCHED, llm_positions, segment_attention
@@ -263,10 +264,13 @@ def test_tower_features_joined_as_older_transformers_hand_them_give_the_same_pas
     lang = ["pick up the red cup", "go"]
     split = backbone(images, lang).hidden_states
     own = backbone.vlm.get_image_features
-    joined = []
+    joined, split_pieces = [], []
 
     def join(pieces):  # transformers 5.17 already joins Qwen3-VL's deepstack features: keep those
-        return pieces if torch.is_tensor(pieces) else torch.cat(list(pieces))
+        if torch.is_tensor(pieces):
+            return pieces
+        split_pieces.append(len(pieces))
+        return torch.cat(list(pieces))
 
     def joined_features(*args, **kwargs):
         out = own(*args, **kwargs)
@@ -280,6 +284,8 @@ def test_tower_features_joined_as_older_transformers_hand_them_give_the_same_pas
     for a, b in zip(split, backbone(images, lang).hidden_states, strict=True):
         torch.testing.assert_close(b, a, atol=0, rtol=0)
     assert len(joined) == 1 and joined[0][0] > 0
+    if tuple(map(int, transformers.__version__.split(".")[:2])) >= (5, 18):  # the supported ones hand pieces: joined here
+        assert split_pieces and all(n == 4 for n in split_pieces)  # 2 samples x 2 cameras
 
 
 @pytest.mark.parametrize("arch", ["qwen2_5_vl", "qwen3_vl"])

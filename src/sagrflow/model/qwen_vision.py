@@ -34,6 +34,7 @@ Legend: S patches of all images, P pieces, M longest piece, nh heads, hd head si
 from __future__ import annotations
 
 import sys
+import threading
 import weakref
 from collections import OrderedDict
 from collections.abc import Sequence
@@ -77,17 +78,24 @@ class _Lengths:
 _MEMOS: weakref.WeakKeyDictionary[nn.Module, dict[str, Memo]] = weakref.WeakKeyDictionary()
 
 
+_MEMOS_LOCK = threading.Lock()
+
+
 def _memo(model: nn.Module, name: str, size: int, device: torch.device | None = None) -> Memo:
     """`model`'s memo `name` (dropped with the model). With a `device`, the memo of device tensors for
     that device: a model moved to another device drops the old device's memo, and its memory with it."""
-    memos = _MEMOS.setdefault(model, {})
     if device is not None:
-        stale = [key for key in memos if key.startswith(f"{name}@")]
-        name = f"{name}@{device}"
-        for key in stale:
-            if key != name:
+        device = torch.device(device)
+        if device.type == "cuda" and device.index is None:  # "cuda" and "cuda:0" are one memo
+            device = torch.device("cuda", torch.cuda.current_device())
+    with _MEMOS_LOCK:
+        memos = _MEMOS.setdefault(model, {})
+        if device is not None:
+            own = f"{name}@{device}"
+            for key in [k for k in memos if k.startswith(f"{name}@") and k != own]:
                 del memos[key]
-    return memos.setdefault(name, Memo(size))
+            name = own
+        return memos.setdefault(name, Memo(size))
 
 
 def host_position_inputs(model: nn.Module, inputs: dict[str, torch.Tensor],
