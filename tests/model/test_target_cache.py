@@ -153,3 +153,21 @@ def test_plan_reuses_in_range_links_and_names_frames():
     assert plan.source == [2, 1, B] and plan.run == [2] and plan.reused == 1
     assert plan.keys_tk[0] == (0, 0, 10, linked.lang[0]) and plan.keys_t[2] == (0, 2, 10, linked.lang[2])
     assert target_plan(linked, linked.valid_tk, list(linked.lang), has_image_tk=False).keys_tk is None
+
+
+def test_every_copy_of_a_frame_that_overlapping_chains_repeat_has_the_predecessor():
+    """Two chains of one episode can overlap in a batch: frame 7 then comes twice, and collate's
+    tk_index links frame 0 to one copy only. Both copies are frame 0's successor."""
+    from sagrflow.core import batch as keys
+    from sagrflow.data.collate import tk_index
+
+    frames = [0, 7, 7]
+    samples = [{keys.EPISODE_INDEX: 4, keys.FRAME_INDEX: f, keys.TEMPORAL_DELTA_K: 7, keys.VALID_TK: 1.0,
+                keys.LANG: "stack"} for f in frames]
+    links = tk_index(samples)
+    assert links.tolist() == [2, -1, -1]  # one copy named
+    batch = dataclasses.replace(make_batch(valid=[1.0, 1.0, 1.0], lang=["stack"] * 3), tk_index=links,
+                                episode_index=torch.full((3,), 4), frame_index=torch.tensor(frames))
+    plan = target_plan(batch, batch.valid_tk, list(batch.lang))
+    assert plan.previous == [-1, 0, 0]
+    assert plan.source == [2, B, B + 1] and plan.run == [1, 2]  # the targets are as before

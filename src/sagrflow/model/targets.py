@@ -58,4 +58,8 @@ def target_plan(batch, valid: torch.Tensor, lang: list[str], has_image_tk: bool 
     if named:  # a frame is named by (dataset, episode, frame) and the instruction its prompt holds
         keys_t = [(d, e, f, lang[i]) for i, (_, _, d, e, f, _) in enumerate(rows)]
         keys_tk = [(d, e, f + k, lang[i]) for i, (_, _, d, e, f, k) in enumerate(rows)]
+        # tk_index links a predecessor to one copy of a frame that overlapping chains put in the
+        # batch twice; the other copies have the same predecessor
+        linked = {keys_t[j]: p for j, p in enumerate(previous) if p >= 0}
+        previous = [p if p >= 0 else linked.get(keys_t[j], -1) for j, p in enumerate(previous)]
     return TargetPlan(source, run, reused, previous, keys_t, keys_tk)
