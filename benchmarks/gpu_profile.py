@@ -1,7 +1,8 @@
 """Where a training step's time goes on a GPU: host phases, device syncs, kernels, Python functions.
 
 gpu_check.py says what the temporal supervision costs; this says why. For fm-only and SA-GR
-(chain_length 4, target_pass fused) on model_step.py's mid config under bf16 autocast:
+(chain_length 4 (`--chain-length`), target_pass fused and separate) on model_step.py's mid config
+(`--config large`: Qwen2.5-VL-3B's shapes) under bf16 autocast:
   wall      ms per optimizer step, synchronized before and after (median)
   host      ms the host spends in forward (with the loss), backward and optimizer.step, with no
             synchronization inside the step; "wait" is what the final synchronize still waits for.
@@ -13,6 +14,7 @@ gpu_check.py says what the temporal supervision costs; this says why. For fm-onl
   python    the functions whose own host time (cProfile) grows most from fm-only to SA-GR
 
     PYTHONPATH=src python3 benchmarks/gpu_profile.py [--batch-size 64]
+    PYTHONPATH=src python3 benchmarks/gpu_profile.py --config large --batch-size 16 --chain-length 8
     PYTHONPATH=src python3 benchmarks/gpu_profile.py --device cpu --small   # rehearsal: no syncs, no kernels
 """
 
@@ -37,7 +39,8 @@ from model_step import build, fake_batch, sync, train_step
 from sagrflow.model.losses import reduce_losses
 
 SITES = ("sagrflow", "transformers", "benchmarks")  # where a sync site is named from
-MODES = {"fm_only": (True, 1), "sagr_fused": (False, 4)}  # mode -> (fm_only, chain_length)
+# mode -> (fm_only, framework.action_model.target_pass); SA-GR modes run in chains of --chain-length
+MODES = {"fm_only": (True, "separate"), "sagr_fused": (False, "fused"), "sagr_separate": (False, "separate")}
 
 
 def host_split(policy, batch, host, fm: bool, optimizer, dtype, steps: int, device: str) -> dict[str, float]:
@@ -108,6 +111,9 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=8, help="timed steps per mode")
     parser.add_argument("--device", default="cuda")
     parser.add_argument("--small", action="store_true", help="tiny config, batch 4: a quick CPU rehearsal")
+    parser.add_argument("--config", choices=("mid", "large"), default="mid",
+                        help="large: Qwen2.5-VL-3B's vision tower and 12 LLM layers (about 45 s to build)")
+    parser.add_argument("--chain-length", type=int, default=4, help="the SA-GR modes' chain length")
     parser.add_argument("--trace", action="store_true", help="also write each mode's profile (3 steps) as a gzipped "
                         "Chrome trace under --out: what the host ran while the GPU waited")
     parser.add_argument("--out", type=Path, default=Path(os.environ["OUT"]) if os.environ.get("OUT") else None)
@@ -116,33 +122,35 @@ def main() -> None:
     if cuda and not torch.cuda.is_available():
         raise SystemExit("no CUDA device here: run with --device cpu --small for the rehearsal")
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
-    name = "tiny" if args.small else "mid"
+    name = "tiny" if args.small else args.config
     args.batch_size = args.batch_size or (4 if args.small else 64)
     policy = build(name, Path(tempfile.mkdtemp(prefix="sagrflow-gpu-profile-")), args.device)
-    policy.config.action_model.target_pass = "fused"
     optimizer = torch.optim.AdamW(policy.parameters(), lr=1e-5)
     dtype = torch.bfloat16 if cuda else None
     device_name = torch.cuda.get_device_name(args.device) if cuda else "cpu"
     result: dict = {"device": device_name, "torch": torch.__version__, "config": name, "batch_size": args.batch_size}
-    for mode, (fm, chain) in MODES.items():
-        host = fake_batch(args.batch_size, "cpu", chain)
+    result["chain_length"] = args.chain_length
+    for mode, (fm, target_pass) in MODES.items():
+        host = fake_batch(args.batch_size, "cpu", 1 if fm else args.chain_length)
         batch = host.to(args.device)
+        policy.config.action_model.target_pass = target_pass  # read at each forward: one mode at a time
 
-        def step(fm=fm, batch=batch, host=host):
+        def step(fm=fm, batch=batch, host=host, target_pass=target_pass):
+            policy.config.action_model.target_pass = target_pass
             train_step(policy, batch, fm, optimizer, dtype, host)
 
         step()
         result[mode] = {"host_ms": host_split(policy, batch, host, fm, optimizer, dtype, args.steps, args.device),
                         "syncs": sync_sites(step) if cuda else {},
                         "gpu": profiled(step, cuda=cuda, trace=None if args.out is None or not args.trace else
-                                        args.out / f"trace_{mode}_b{args.batch_size}.json.gz"),
+                                        args.out / f"trace_{mode}_{name}_b{args.batch_size}.json.gz"),
                         "python_ms": python_time(step, args.device)}
     print(f"{device_name}, torch {result['torch']}, {name} config, batch {args.batch_size}, "
-          f"{'bf16 autocast' if cuda else 'fp32'}")
+          f"chain {args.chain_length}, {'bf16 autocast' if cuda else 'fp32'}")
     for mode in MODES:
         r = result[mode]
         host = "  ".join(f"{k} {v:.1f}" for k, v in r["host_ms"].items())
-        print(f"{mode:11s} ms: {host}; {r['gpu']['launches_per_step']:.0f} launches, "
+        print(f"{mode:13s} ms: {host}; {r['gpu']['launches_per_step']:.0f} launches, "
               f"{r['gpu']['gpu_ms_per_step']:.1f} GPU ms; {sum(r['syncs'].values())} syncs")
         for site, n in list(r["syncs"].items())[:8]:
             print(f"    sync {n:3d}x {site}")
@@ -154,17 +162,17 @@ def main() -> None:
     print("python functions whose own host time grows most, fm_only -> sagr_fused (ms per step):")
     for key in grown:
         print(f"    {fm_py.get(key, 0.0):7.2f} -> {sagr_py[key]:7.2f}  {key[-90:]}")
-    fm_bw, sagr_bw = (result[m]["gpu"]["backward_cpu_ms"] for m in MODES)
+    fm_bw, sagr_bw = (result[m]["gpu"]["backward_cpu_ms"] for m in ("fm_only", "sagr_fused"))
     print("backward nodes whose host time grows most, fm_only -> sagr_fused (count and ms per step):")
     for key in sorted(sagr_bw, key=lambda k: fm_bw.get(k, [0, 0.0])[1] - sagr_bw[k][1])[:15]:
         (n0, ms0), (n1, ms1) = fm_bw.get(key, [0, 0.0]), sagr_bw[key]
         print(f"    {n0:5d} {ms0:7.2f} -> {n1:5d} {ms1:7.2f}  {key}")
-    fm_rt, sagr_rt = (result[m]["gpu"]["runtime_cpu_ms"] for m in MODES)
+    fm_rt, sagr_rt = (result[m]["gpu"]["runtime_cpu_ms"] for m in ("fm_only", "sagr_fused"))
     print("CUDA runtime calls, fm_only -> sagr_fused (count and host ms per step; a synchronize's ms is its wait):")
     for key in sorted(sagr_rt, key=lambda k: -sagr_rt[k][1])[:10]:
         (n0, ms0), (n1, ms1) = fm_rt.get(key, [0, 0.0]), sagr_rt[key]
         print(f"    {n0:7.1f} {ms0:7.2f} -> {n1:7.1f} {ms1:7.2f}  {key}")
-    write_result(args.out, f"gpu_profile_b{args.batch_size}.json", result)
+    write_result(args.out, f"gpu_profile_{name}_b{args.batch_size}.json", result)
 
 
 if __name__ == "__main__":

@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
 # The prepared GPU run of issue 7, for a CUDA machine whose Python already has torch and
-# transformers (nothing is downloaded): about 6 minutes on one H100. Each part writes its
+# transformers (nothing is downloaded): about 8 minutes on one H100. Each part writes its
 # JSON (and the profile's Chrome traces) and its log under $OUT (default runs/gpu/<time>).
 #   1. gpu_profile.py, batch 64: where the fm-only and SA-GR steps' host time goes, syncs, CUDA runtime calls
+#   1b. the same at Qwen2.5-VL-3B's shapes, batch 16, chain 8 (part profile_large): whether the separate
+#       target pass's host time hides behind the GPU's queue, as its 4% of the FLOPs would allow
 #   2. gpu_check.py, batch 64, chain 8, world modules in CUDA graphs: (a) at batch 64
 #   2b. the same, eager, in processes of their own (REPEAT of them, default 1): how far processes'
 #       ratios differ (a bias lasting a whole process leaves the per-round quartiles tight)
@@ -21,7 +23,7 @@ cd "$(dirname "$0")/.."
 export PYTHONPATH=src HF_HUB_OFFLINE=1 HF_HUB_DISABLE_PROGRESS_BARS=1
 OUT=${OUT:-runs/gpu/$(date +%Y%m%d_%H%M%S)}
 export OUT
-ALL="profile graphs eager large tests"
+ALL="profile profile_large graphs eager large tests"
 for p in ${PARTS:-}; do
     [[ " $ALL " == *" $p "* ]] || { echo "PARTS: no part '$p' (parts: $ALL)" >&2; exit 2; }
 done
@@ -45,6 +47,8 @@ repeat() {  # repeat NAME COMMAND...: REPEAT processes of it, the i-th's JSON un
     done
 }
 want profile && part profile_b64 "$PY" benchmarks/gpu_profile.py --batch-size 64 --trace
+want profile_large && part profile_large_b16 "$PY" benchmarks/gpu_profile.py --config large --batch-size 16 \
+    --chain-length 8 --trace
 want graphs && part check_b64_graphs_chain8 "$PY" benchmarks/gpu_check.py --batch-size 64 --compile graphs --train-only --chain-length 8
 want eager && repeat check_b64_eager_chain8 "$PY" benchmarks/gpu_check.py --batch-size 64 --compile none --train-only --chain-length 8
 want large && repeat check_large_chain8 "$PY" benchmarks/gpu_check.py --config large --compile none --train-only --chain-length 8
@@ -54,5 +58,5 @@ grep -h -A12 "(a) optimizer step" "$OUT"/check_*.log 2>/dev/null
 if [[ -n $(find "$OUT" -name 'gpu_check_*.json' -print -quit) ]]; then
     find "$OUT" -name 'gpu_check_*.json' -print0 | xargs -0 "$PY" benchmarks/gpu_pool.py | tee "$OUT/pool.txt"
 fi
-want profile && grep -h -B1 -A4 "ms: forward" "$OUT/profile_b64.log"
+grep -h -B1 -A5 "ms: forward" "$OUT"/profile_*.log 2>/dev/null
 exit 0
