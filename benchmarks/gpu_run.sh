@@ -10,8 +10,8 @@
 #       ratios differ (a bias lasting a whole process leaves the per-round quartiles tight)
 #   3. gpu_check.py --config large, chain 8: (a) at Qwen2.5-VL-3B's shapes, where the GPU should set the
 #      step time (step_cost.py: the separate target pass adds 4% of the FLOPs there)
-#   4. the CUDA-only tests (predict_action's CUDA graph, the trainer's one read per step) and the
-#      backbone's equivalence tests
+#   4. the CUDA-only tests (predict_action's CUDA graph, the trainer's one read per step), the
+#      backbone's equivalence tests, and the trainer with the world predictor and drift in CUDA graphs
 #   5. gpu_pool.py over every check's JSON: per-process medians and the pooled per-round ratios
 #     bash benchmarks/gpu_run.sh    # LIMIT=<s> caps each part (default 200); PYTHON=<interpreter> (default python3)
 #     PARTS="eager large tests" REPEAT=3 bash benchmarks/gpu_run.sh   # some parts (default: all), 2b and 3 x3
@@ -53,7 +53,7 @@ want graphs && part check_b64_graphs_chain8 "$PY" benchmarks/gpu_check.py --batc
 want eager && repeat check_b64_eager_chain8 "$PY" benchmarks/gpu_check.py --batch-size 64 --compile none --train-only --chain-length 8
 want large && repeat check_large_chain8 "$PY" benchmarks/gpu_check.py --config large --compile none --train-only --chain-length 8
 want tests && part tests "$PY" -m pytest -q -p no:cacheprovider tests/model/test_cuda_graphs.py tests/model/test_qwen_vision.py tests/core/test_device.py \
-    "tests/train/test_trainer.py::test_a_cuda_step_waits_for_the_gpu_only_to_read_its_metrics"
+    "tests/train/test_trainer.py::test_a_cuda_step_waits_for_the_gpu_only_to_read_its_metrics" tests/train/test_world_graphs.py
 grep -h -A12 "(a) optimizer step" "$OUT"/check_*.log 2>/dev/null
 if [[ -n $(find "$OUT" -name 'gpu_check_*.json' -print -quit) ]]; then
     find "$OUT" -name 'gpu_check_*.json' -print0 | xargs -0 "$PY" benchmarks/gpu_pool.py | tee "$OUT/pool.txt"
