@@ -13,7 +13,9 @@ and 12 of its 36 LLM layers, DiT of width 1024), under bf16 autocast, medians of
         sagr_chain_fused_compiled  as sagr_chain_fused, with the anchor, world predictor and drift
                      under torch.compile (`--compile`: `dynamic` is framework.action_model.compile_world,
                      `auto` torch's default shape handling, `graphs` its mode="reduce-overhead", CUDA
-                     graphs), compiled before the timing on two prompt lengths, as training meets them
+                     graphs; `graphs_fixed` the same for the world predictor and drift only, whose shapes
+                     do not follow the prompt), compiled before the timing on two prompt lengths, as
+                     training meets them
         fm_only_hf_vision fm_only with transformers' own vision-tower path (an attention call per
                      window or image, positions built on the device), which sagrflow replaces
         fm_only_hf_inputs, sagr_chain_fused_hf_inputs  fm_only and sagr_chain_fused with the LLM's
@@ -56,7 +58,9 @@ TRAIN_MODES = {"fm_only": (True, False, "separate", False), "sagr_naive": (False
                "sagr_chain_fused_compiled": (False, True, "fused", True)}
 # --compile -> torch.compile options of the world modules (SAGRPolicy.compile_world)
 COMPILE = {"dynamic": {"dynamic": True}, "auto": {"dynamic": None},
-           "graphs": {"dynamic": None, "mode": "reduce-overhead"}}
+           "graphs": {"dynamic": None, "mode": "reduce-overhead"},
+           # the two modules of fixed shapes only (tests/train/test_world_graphs.py): one graph each
+           "graphs_fixed": {"dynamic": False, "mode": "reduce-overhead", "modules": ("world", "drift")}}
 
 
 def train_times(policies: dict[bool, object], batch_size: int, iters: int, device: str,

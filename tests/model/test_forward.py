@@ -314,6 +314,9 @@ def test_compiled_world_modules_equal_eager(tiny_dir):
     assert grads_c.keys() == grads_e.keys()
     for name, g in grads_e.items():
         torch.testing.assert_close(grads_c[name], g, atol=1e-5, rtol=1e-3, msg=name)
+    with pytest.raises(ValueError, match=r"no module \['head'\]; the modules are \['anchor', 'world', 'drift'\]"):
+        eager.compile_world(("world", "head"))
+    assert eager.head.world._compiled_call_impl is None  # refused before compiling any
 
 
 def test_token_change_is_the_loss_dyn_of_predicting_no_change(tiny_dir):

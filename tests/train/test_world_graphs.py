@@ -36,8 +36,7 @@ def test_world_and_drift_in_cuda_graphs_train_and_act_as_eagerly(make_config, tm
     eager_losses = _train(eager, steps)
 
     graphed = Trainer(_config(make_config))  # the same seed: the same initial weights and noise
-    for module in (graphed.policy.head.world, graphed.policy.head.drift):
-        module.compile(mode="reduce-overhead")
+    graphed.policy.compile_world(("world", "drift"), mode="reduce-overhead", dynamic=False)
     torch._dynamo.utils.counters.clear()
     graphed_losses = _train(graphed, steps)
     assert torch._dynamo.utils.counters["stats"]["unique_graphs"] >= 2  # both ran compiled

@@ -54,6 +54,9 @@ class _Memory:
     pred_next: torch.Tensor  # (K, W) predicted for after the issued chunk
 
 
+COMPILED_WORLD = ("anchor", "world", "drift")  # what compile_world compiles by default
+
+
 class SAGRPolicy(nn.Module):
     # parameter prefixes that `forward(batch, fm_only=True)` leaves without gradient: a trainer
     # running the fm-only baseline under DDP freezes them (or enables find_unused_parameters)
@@ -89,13 +92,18 @@ class SAGRPolicy(nn.Module):
         self.target_cache: TargetCache | None = None
         self._graphs = GraphCache()  # predict_action's Euler loops, recorded per shape on a CUDA device
 
-    def compile_world(self, **options) -> None:
-        """torch.compile the modules only SA-GR runs (anchor, world predictor, drift) in place, so parameter
+    def compile_world(self, modules: tuple[str, ...] = COMPILED_WORLD, **options) -> None:
+        """torch.compile the modules only SA-GR runs (of "anchor", "world", "drift") in place, so parameter
         names and checkpoints stay as they are. `options` go to `torch.compile` (benchmarks compare them);
-        by default dynamic shapes, as batches differ in prompt length and in how many t+k frames they run."""
+        by default dynamic shapes, as batches differ in prompt length and in how many t+k frames they run.
+        The world predictor's and drift's shapes are fixed by the config; the anchor's follow the prompt."""
+        parts = {"anchor": self.anchor, "world": self.head.world, "drift": self.head.drift}
+        unknown = sorted(set(modules) - set(parts))
+        if unknown:
+            raise ValueError(f"compile_world: no module {unknown}; the modules are {list(parts)}")
         options.setdefault("dynamic", True)
-        for module in (self.anchor, self.head.world, self.head.drift):
-            module.compile(**options)
+        for name in modules:
+            parts[name].compile(**options)
 
     @classmethod
     def from_config(cls, config: FrameworkConfig, action_normalizer: Normalizer | None = None,
