@@ -118,6 +118,8 @@ def main() -> None:
                         "Chrome trace under --out: what the host ran while the GPU waited")
     parser.add_argument("--out", type=Path, default=Path(os.environ["OUT"]) if os.environ.get("OUT") else None)
     args = parser.parse_args()
+    if args.small and args.config != "mid":
+        parser.error(f"--small runs the tiny config; drop it or --config {args.config}")
     cuda = args.device.startswith("cuda")
     if cuda and not torch.cuda.is_available():
         raise SystemExit("no CUDA device here: run with --device cpu --small for the rehearsal")

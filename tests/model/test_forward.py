@@ -317,6 +317,8 @@ def test_compiled_world_modules_equal_eager(tiny_dir):
     with pytest.raises(ValueError, match=r"no module \['head'\]; the modules are \['anchor', 'world', 'drift'\]"):
         eager.compile_world(("world", "head"))
     assert eager.head.world._compiled_call_impl is None  # refused before compiling any
+    with pytest.raises(ValueError, match=r"no module \['wrld'\]"):  # one name as a string, not its letters
+        eager.compile_world("wrld")
 
 
 def test_token_change_is_the_loss_dyn_of_predicting_no_change(tiny_dir):

@@ -54,7 +54,7 @@ class _Memory:
     pred_next: torch.Tensor  # (K, W) predicted for after the issued chunk
 
 
-COMPILED_WORLD = ("anchor", "world", "drift")  # what compile_world compiles by default
+COMPILABLE = ("anchor", "world", "drift")  # the modules compile_world can compile (by default, all)
 
 
 class SAGRPolicy(nn.Module):
@@ -92,11 +92,14 @@ class SAGRPolicy(nn.Module):
         self.target_cache: TargetCache | None = None
         self._graphs = GraphCache()  # predict_action's Euler loops, recorded per shape on a CUDA device
 
-    def compile_world(self, modules: tuple[str, ...] = COMPILED_WORLD, **options) -> None:
+    def compile_world(self, modules: tuple[str, ...] = COMPILABLE, **options) -> None:
         """torch.compile the modules only SA-GR runs (of "anchor", "world", "drift") in place, so parameter
         names and checkpoints stay as they are. `options` go to `torch.compile` (benchmarks compare them);
         by default dynamic shapes, as batches differ in prompt length and in how many t+k frames they run.
-        The world predictor's and drift's shapes are fixed by the config; the anchor's follow the prompt."""
+        For a given batch size the world predictor's and drift's shapes are fixed by the config (training's
+        B x R rows, predict_action's B); the anchor's follow the prompt's length."""
+        if isinstance(modules, str):
+            modules = (modules,)
         parts = {"anchor": self.anchor, "world": self.head.world, "drift": self.head.drift}
         unknown = sorted(set(modules) - set(parts))
         if unknown:
