@@ -44,6 +44,7 @@ def test_world_and_drift_in_cuda_graphs_train_and_act_as_eagerly(make_config, tm
 
     graphed = Trainer(_config(make_config))  # the same seed: the same initial weights and noise
     torch._dynamo.reset()  # compiled code is cached per code object: count this test's graphs alone
+    torch._dynamo.utils.counters.clear()
     graphed.policy.compile_world(("world", "drift"), mode="reduce-overhead", dynamic=False)
     graphed_values = _train(graphed, steps)
     counters = torch._dynamo.utils.counters
