@@ -14,7 +14,8 @@ and 12 of its 36 LLM layers, DiT of width 1024), under bf16 autocast, medians of
                      under torch.compile (`--compile`: `dynamic` is framework.action_model.compile_world,
                      `auto` torch's default shape handling, `graphs` its mode="reduce-overhead", CUDA
                      graphs; `graphs_fixed` the same for the world predictor and drift only, whose shapes
-                     do not follow the prompt), compiled before the timing on two prompt lengths, as
+                     do not follow the prompt: compile_world "graphs"), compiled before the timing on two
+                     prompt lengths, as
                      training meets them
         fm_only_hf_vision fm_only with transformers' own vision-tower path (an attention call per
                      window or image, positions built on the device), which sagrflow replaces
@@ -50,6 +51,7 @@ import torch
 
 import sagrflow.model.backbone as backbone_module
 from model_step import CAMS, SIDE, S, alternate, alternate_runs, build, fake_batch, train_step
+from sagrflow.model.policy import COMPILE_WORLD
 from sagrflow.model.qwen_vision import PATCHED, llm_positions
 
 # mode -> (fm_only, chained (chain_length from --chain-length) or not, framework.action_model.target_pass, compile_world)
@@ -59,8 +61,8 @@ TRAIN_MODES = {"fm_only": (True, False, "separate", False), "sagr_naive": (False
 # --compile -> torch.compile options of the world modules (SAGRPolicy.compile_world)
 COMPILE = {"dynamic": {"dynamic": True}, "auto": {"dynamic": None},
            "graphs": {"dynamic": None, "mode": "reduce-overhead"},
-           # the two modules of fixed shapes only (tests/train/test_world_graphs.py): one graph each
-           "graphs_fixed": {"dynamic": False, "mode": "reduce-overhead", "modules": ("world", "drift")}}
+           # framework.action_model.compile_world: graphs, the two modules of fixed shapes only: one graph each
+           "graphs_fixed": {**COMPILE_WORLD["graphs"][1], "modules": COMPILE_WORLD["graphs"][0]}}
 
 
 def train_times(policies: dict[bool, object], batch_size: int, iters: int, device: str,

@@ -29,6 +29,9 @@ def test_config_defaults_and_validation_messages():
         FrameworkConfig.from_dict({"action_model": {"dit_width": 30, "dit_heads": 4}})
     with pytest.raises(ValueError, match="geometry_encoder is 'none'"):
         FrameworkConfig.from_dict({"action_model": {"use_geometric_branch": True, "geometry_encoder": "none"}})
+    with pytest.raises(ValueError, match=r"compile_world='graph': use one of \(False, True, 'graphs'\)"):
+        FrameworkConfig.from_dict({"action_model": {"compile_world": "graph"}})
+    assert FrameworkConfig.from_dict({"action_model": {"compile_world": "graphs"}}).action_model.compile_world == "graphs"
     assert FrameworkConfig.from_dict(cfg.to_dict()) == cfg
     with pytest.raises(ValueError, match=r"framework\.action_model\.action_horizon: expected an integer"):
         FrameworkConfig.from_dict({"action_model": {"action_horizon": "eight"}})

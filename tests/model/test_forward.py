@@ -319,6 +319,10 @@ def test_compiled_world_modules_equal_eager(tiny_dir):
     assert eager.head.world._compiled_call_impl is None  # refused before compiling any
     with pytest.raises(ValueError, match=r"no module \['wrld'\]"):  # one name as a string, not its letters
         eager.compile_world("wrld")
+    # "graphs": the two modules of fixed shapes alone (tests/train/test_world_graphs.py trains with it)
+    graphed = build_policy(tiny_dir, target_pass="fused", compile_world="graphs")
+    assert [m._compiled_call_impl is not None for m in (graphed.anchor, graphed.head.world, graphed.head.drift)] == [
+        False, True, True]
 
 
 def test_token_change_is_the_loss_dyn_of_predicting_no_change(tiny_dir):

@@ -17,6 +17,9 @@ FRAMEWORK_NAMES = ("SAGRFlow",)
 WORLD_ACTION_SOURCES = ("teacher", "noisy")
 TARGET_PASSES = ("separate", "fused")
 DRIFT_RESIDUALS = ("same", "previous")
+# framework.action_model.compile_world: off, the three world modules with dynamic shapes, or the world
+# predictor and drift alone as CUDA graphs (model/policy.py COMPILE_WORLD says what each compiles)
+COMPILE_WORLD_MODES = (False, True, "graphs")
 GEOMETRY_ENCODERS = ("none", "depth", "pointmap", "mapanything")
 LAYER_MODES = ("first", "last")
 DTYPES = ("float32", "bfloat16", "float16")
@@ -65,9 +68,11 @@ class ActionModelConfig:
     repeated_diffusion_steps: int = 4  # R: noise/time draws per sample and step
     num_inference_timesteps: int = 10  # Euler steps in predict_action
     cuda_graphs: bool = True  # on a CUDA device, predict_action replays its Euler loop as a CUDA graph
-    # torch.compile the modules only SA-GR runs (anchor, world predictor, drift): a few fused kernels
-    # in place of hundreds of small ones, for a compile of tens of seconds at the first step
-    compile_world: bool = False
+    # torch.compile the modules only SA-GR runs: a few fused kernels in place of hundreds of small ones,
+    # for a compile of tens of seconds at the first step. true: the anchor, world predictor and drift,
+    # dynamic shapes; "graphs": the world predictor and drift alone (their shapes are fixed by the batch
+    # size), recorded as CUDA graphs on a CUDA device (torch.compile's "reduce-overhead")
+    compile_world: bool | str = False
     world_action_source: str = "teacher"  # world predictor sees expert actions or the noisy trajectory
     # t+k frames no other sample can lend: their own no-grad VLM call ("separate") or rows appended
     # to the image_t call, detached ("fused": one call fewer, but backward spans those rows too)
@@ -129,6 +134,9 @@ class ActionModelConfig:
             )
         if self.target_pass not in TARGET_PASSES:
             raise ValueError(f"framework.action_model.target_pass={self.target_pass!r}: use one of {TARGET_PASSES}")
+        if type(self.compile_world) not in (bool, str) or self.compile_world not in COMPILE_WORLD_MODES:
+            raise ValueError(f"framework.action_model.compile_world={self.compile_world!r}: use one of "
+                             f"{COMPILE_WORLD_MODES}")
         if self.drift_residual not in DRIFT_RESIDUALS:
             raise ValueError(f"framework.action_model.drift_residual={self.drift_residual!r}: use one of {DRIFT_RESIDUALS}")
         if self.drift_residual == "previous" and self.world_action_source != "teacher":

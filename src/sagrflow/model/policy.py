@@ -55,6 +55,9 @@ class _Memory:
 
 
 COMPILABLE = ("anchor", "world", "drift")  # the modules compile_world can compile (by default, all)
+# framework.action_model.compile_world -> (modules, torch.compile options) for SAGRPolicy.compile_world
+COMPILE_WORLD = {True: (COMPILABLE, {"dynamic": True}),
+                 "graphs": (("world", "drift"), {"mode": "reduce-overhead", "dynamic": False})}
 
 
 class SAGRPolicy(nn.Module):
@@ -80,7 +83,8 @@ class SAGRPolicy(nn.Module):
                                      geometry=am.use_geometric_branch)
         self.head = ActionHead(am, backbone.hidden_size, depth)
         if am.compile_world:
-            self.compile_world()
+            modules, options = COMPILE_WORLD[am.compile_world]
+            self.compile_world(modules, **options)
         for name, norm, dim in (("action", action_normalizer, am.action_dim), ("state", state_normalizer, am.state_dim)):
             if norm is not None and norm.dim != dim:
                 raise ValueError(f"{name} normalizer is {norm.dim}-dim but framework.action_model.{name}_dim={dim}")
