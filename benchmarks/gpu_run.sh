@@ -6,8 +6,8 @@
 #   1b. the same at Qwen2.5-VL-3B's shapes, batch 16, chain 8 (part profile_large): whether the separate
 #       target pass's host time hides behind the GPU's queue, as its 4% of the FLOPs would allow
 #   2. gpu_check.py, batch 64, chain 8, world modules in CUDA graphs: (a) at batch 64
-#   2a. the same with only the world predictor and drift in CUDA graphs (part graphs_fixed): what a trainer
-#       mode would give (the anchor's shapes follow the prompt; see tests/train/test_world_graphs.py)
+#   2a. the same with only the world predictor and drift in CUDA graphs (part graphs_fixed, REPEAT processes):
+#       the trainer's framework.action_model.compile_world "graphs" (the anchor's shapes follow the prompt)
 #   2b. part 2 eager, in processes of their own (REPEAT of them, default 1): how far processes'
 #       ratios differ (a bias lasting a whole process leaves the per-round quartiles tight)
 #   3. gpu_check.py --config large, chain 8: (a) at Qwen2.5-VL-3B's shapes, where the GPU should set the
@@ -17,7 +17,7 @@
 #   4b. the trainer with the world predictor and drift in CUDA graphs (part graphs_trainer), against eager
 #   5. gpu_pool.py over every check's JSON: per-process medians and the pooled per-round ratios
 #     bash benchmarks/gpu_run.sh    # LIMIT=<s> caps each part (default 200); PYTHON=<interpreter> (default python3)
-#     PARTS="eager large tests" REPEAT=3 bash benchmarks/gpu_run.sh   # some parts (default: all), 2b and 3 x3
+#     PARTS="eager large tests" REPEAT=3 bash benchmarks/gpu_run.sh   # some parts (default: all), 2a, 2b and 3 x3
 # It writes about 20 files (REPEAT adds a folder per process); where fewer may come back, pack them:
 #     cd "$OUT" && tar czf /tmp/gpu_run.tgz * && rm -rf -- * && mv /tmp/gpu_run.tgz .
 # It ends with status 0 whatever its parts did: each part's exit status is printed and in its log.
@@ -53,8 +53,8 @@ want profile && part profile_b64 "$PY" benchmarks/gpu_profile.py --batch-size 64
 want profile_large && part profile_large_b16 "$PY" benchmarks/gpu_profile.py --config large --batch-size 16 \
     --chain-length 8 --trace
 want graphs && part check_b64_graphs_chain8 "$PY" benchmarks/gpu_check.py --batch-size 64 --compile graphs --train-only --chain-length 8
-want graphs_fixed && part check_b64_graphs_fixed_chain8 "$PY" benchmarks/gpu_check.py --batch-size 64 --compile graphs_fixed \
-    --train-only --chain-length 8
+want graphs_fixed && repeat check_b64_graphs_fixed_chain8 "$PY" benchmarks/gpu_check.py --batch-size 64 \
+    --compile graphs_fixed --train-only --chain-length 8
 want eager && repeat check_b64_eager_chain8 "$PY" benchmarks/gpu_check.py --batch-size 64 --compile none --train-only --chain-length 8
 want large && repeat check_large_chain8 "$PY" benchmarks/gpu_check.py --config large --compile none --train-only --chain-length 8
 want tests && part tests "$PY" -m pytest -q -p no:cacheprovider tests/model/test_cuda_graphs.py tests/model/test_qwen_vision.py tests/core/test_device.py \
