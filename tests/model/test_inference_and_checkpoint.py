@@ -210,6 +210,14 @@ def test_save_then_load_gives_identical_predictions(policy, tmp_path):
     np.testing.assert_array_equal(a["actions"], b["actions"])
     for (n1, p1), (n2, p2) in zip(policy.state_dict().items(), loaded.state_dict().items(), strict=True):
         assert n1 == n2 and torch.equal(p1, p2), n1
+    # how it runs may differ from the checkpoint's, what it computes may not
+    eager = SAGRPolicy.load(tmp_path / "ckpt", cuda_graphs=False)
+    assert eager.config.action_model.cuda_graphs is False and eager.config.action_model.drift_eta == policy.config.action_model.drift_eta
+    with pytest.raises(ValueError, match=r"\['drift_eta'\] would change what the policy computes; only \['compile_world', "
+                                         r"'cuda_graphs'\] can differ"):
+        SAGRPolicy.load(tmp_path / "ckpt", drift_eta=0.5)
+    with pytest.raises(ValueError, match="compile_world='graph': use one of"):
+        SAGRPolicy.load(tmp_path / "ckpt", compile_world="graph")
 
 
 def test_strict_load_names_missing_and_unexpected(policy, tmp_path):

@@ -233,7 +233,7 @@ def test_sigterm_saves_and_stops_after_the_next_step(make_config):
     assert signal.getsignal(signal.SIGTERM) is not trainer._request_stop
 
 
-def test_resume_refuses_a_changed_model_or_parameter_groups(make_config):
+def test_resume_refuses_a_changed_model_or_parameter_groups_but_takes_runtime_settings(make_config):
     from sagrflow.core.config import ConfigError
 
     cfg = make_config(**{"trainer.max_train_steps": 1})
@@ -242,6 +242,11 @@ def test_resume_refuses_a_changed_model_or_parameter_groups(make_config):
         Trainer(make_config(**{"trainer.max_train_steps": 2, "framework.action_model.drift_eta": 0.5}))
     with pytest.raises(ConfigError, match="trainer.freeze_modules, trainer.learning_rate paths or"):
         Trainer(make_config(**{"trainer.max_train_steps": 2, "trainer.freeze_modules": ["backbone"]}))
+    # how the policy runs (RUNTIME_KEYS) is the resumed run's, with a warning
+    with pytest.warns(UserWarning, match=r"framework.action_model.compile_world: False -> 'graphs'"):
+        resumed = Trainer(make_config(**{"trainer.max_train_steps": 2, "framework.action_model.compile_world": "graphs"}))
+    assert resumed.policy.config.action_model.compile_world == "graphs"
+    assert resumed.policy.head.world._compiled_call_impl is not None and resumed.state.step == 1
 
 
 def test_training_and_inference_image_sizes_must_agree(make_config):

@@ -62,18 +62,18 @@ def test_world_and_drift_in_cuda_graphs_train_and_act_as_eagerly(make_config, tm
     for (name, a), (_, b) in zip(eager.policy.state_dict().items(), graphed.policy.state_dict().items(), strict=True):
         torch.testing.assert_close(b, a, rtol=2e-3, atol=2e-4, msg=name)
 
-    # the compiled modules keep their parameter names: the checkpoint loads (compiled again, as its config
-    # says), and its weights load into an eager policy. A second call k steps after the first gives the
-    # drift a residual, so the compiled drift runs inside predict_action's CUDA graph, which must not
-    # fall back to eager
-    loaded = SAGRPolicy.load(graphed.policy.save(tmp_path / "policy"), device=graphed.accelerator.device)
-    assert loaded.config.action_model.compile_world == "graphs"
-    eager.policy.load_state_dict(loaded.state_dict())
+    # the compiled modules keep their parameter names: the checkpoint loads compiled, as its config says,
+    # and eagerly. A second call k steps after the first gives the drift a residual, so the compiled
+    # drift runs inside predict_action's CUDA graph, which must not fall back to eager
+    saved = graphed.policy.save(tmp_path / "policy")
+    loaded = SAGRPolicy.load(saved, device=graphed.accelerator.device)
+    loaded_eager = SAGRPolicy.load(saved, device=graphed.accelerator.device, compile_world=False)
+    assert loaded.head.world._compiled_call_impl is not None and loaded_eager.head.world._compiled_call_impl is None
     k = graphed.policy.config.action_model.temporal_delta_k
     out = []
     with warnings.catch_warnings():
         warnings.filterwarnings("error", message="CUDA graph capture failed")
-        for policy in (graphed.policy.eval(), loaded.eval(), eager.policy.eval()):
+        for policy in (graphed.policy.eval(), loaded.eval(), loaded_eager.eval()):
             policy.predict_action(_observations(steps[0][0]), seed=3)
             out.append(policy.predict_action(_observations(steps[1][0], elapsed=k), seed=3))
     assert out[0]["residual"].all()  # the drift read a residual

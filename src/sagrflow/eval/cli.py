@@ -130,13 +130,11 @@ def _warn_if_no_residual(cfg, spec, client) -> None:
 def _serve(args: argparse.Namespace) -> int:
     import logging
 
+    from sagrflow.eval.policies import load_policy
     from sagrflow.eval.server import PolicyServer, policy_metadata
-    from sagrflow.model.policy import SAGRPolicy
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
-    from sagrflow.eval.policies import resolve_checkpoint
-
-    policy = SAGRPolicy.load(resolve_checkpoint(args.checkpoint), device=args.device).eval()
+    policy = load_policy(args.checkpoint, device=args.device)
     server = PolicyServer(policy, policy_metadata(policy, args.checkpoint), seed=args.seed,
                           client_steps=args.client_steps)
     print(f"serving {args.checkpoint} on ws://{args.host}:{args.port} (Ctrl-C to stop)", flush=True)

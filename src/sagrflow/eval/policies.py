@@ -17,9 +17,12 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from sagrflow.model.policy import SAGRPolicy
 
 ACTION_DIM = 7  # LIBERO and the sim: xyz, roll pitch yaw deltas, gripper
 CAMERAS = ("image", "wrist_image")  # the libero_franka camera order
@@ -188,11 +191,19 @@ def resolve_checkpoint(path: str | Path) -> Path:
     raise ValueError(f"{p} holds no policy: give a policy directory, a trainer checkpoint or a trainer run directory")
 
 
-def load_sagr(checkpoint: str | Path, device: str = "cpu", num_steps: int | None = None, seed: int = 0) -> SAGRAdapter:
+def load_policy(checkpoint: str | Path, device: str = "cpu") -> SAGRPolicy:
+    """A policy directory, trainer checkpoint or run directory -> the policy, in eval mode, for acting.
+
+    Its world modules run eagerly whatever its compile_world: that setting is for training, where
+    predict_action replays its own CUDA graph, and a compile would add its time (and on a CPU need
+    a C compiler) for nothing."""
     from sagrflow.model.policy import SAGRPolicy
 
-    policy = SAGRPolicy.load(resolve_checkpoint(checkpoint), device=device).eval()
-    return SAGRAdapter(policy, num_steps=num_steps, seed=seed)
+    return SAGRPolicy.load(resolve_checkpoint(checkpoint), device=device, compile_world=False).eval()
+
+
+def load_sagr(checkpoint: str | Path, device: str = "cpu", num_steps: int | None = None, seed: int = 0) -> SAGRAdapter:
+    return SAGRAdapter(load_policy(checkpoint, device), num_steps=num_steps, seed=seed)
 
 
 @dataclass(frozen=True)

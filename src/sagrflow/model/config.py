@@ -20,6 +20,9 @@ DRIFT_RESIDUALS = ("same", "previous")
 # framework.action_model.compile_world: off, the three world modules with dynamic shapes, or the world
 # predictor and drift alone as CUDA graphs (model/policy.py COMPILE_WORLD says what each compiles)
 COMPILE_WORLD_MODES = (False, True, "graphs")
+# framework.action_model keys that say how the policy runs, not what it computes: a checkpoint loads,
+# and a run resumes, with other values (SAGRPolicy.load's `runtime`)
+RUNTIME_KEYS = ("compile_world", "cuda_graphs")
 GEOMETRY_ENCODERS = ("none", "depth", "pointmap", "mapanything")
 LAYER_MODES = ("first", "last")
 DTYPES = ("float32", "bfloat16", "float16")

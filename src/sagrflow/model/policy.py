@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import warnings
 import zlib
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import partial
 from pathlib import Path
 
@@ -22,7 +22,7 @@ from sagrflow.core.normalize import Normalizer
 from sagrflow.model.action_head import ActionHead
 from sagrflow.model.anchor import SemanticAnchor
 from sagrflow.model.backbone import BackboneOutput, VLMBackbone, select_layers
-from sagrflow.model.config import FrameworkConfig
+from sagrflow.model.config import RUNTIME_KEYS, FrameworkConfig
 from sagrflow.model.cuda_graphs import GraphCache
 from sagrflow.model.geometry import build_geometry_encoder
 from sagrflow.model.target_cache import Entry, TargetCache, pad_entries
@@ -430,15 +430,22 @@ class SAGRPolicy(nn.Module):
         return out
 
     @classmethod
-    def load(cls, path: str | Path, device: torch.device | str = "cpu") -> SAGRPolicy:
-        """Strict load: a missing, unexpected or still-on-meta parameter is an error naming each."""
+    def load(cls, path: str | Path, device: torch.device | str = "cpu", **runtime) -> SAGRPolicy:
+        """Strict load: a missing, unexpected or still-on-meta parameter is an error naming each.
+        `runtime`: values of framework.action_model's RUNTIME_KEYS (compile_world, cuda_graphs) in place
+        of the saved ones, e.g. `compile_world=False` to act eagerly with a policy trained compiled."""
         from safetensors import safe_open
 
+        unknown = sorted(set(runtime) - set(RUNTIME_KEYS))
+        if unknown:
+            raise ValueError(f"SAGRPolicy.load: {unknown} would change what the policy computes; "
+                             f"only {list(RUNTIME_KEYS)} can differ from the checkpoint's")
         src = Path(path)
         for name in (WEIGHTS_FILE, CONFIG_FILE, STATS_FILE, BACKBONE_DIR):
             if not (src / name).exists():
                 raise ValueError(f"{src} is not a sagrflow policy directory: {name} is missing")
         config = FrameworkConfig.from_dict(json.loads((src / CONFIG_FILE).read_text()))
+        config.action_model = replace(config.action_model, **runtime)  # checked again
         stats = json.loads((src / STATS_FILE).read_text())
         norms = {k: None if v is None else Normalizer.from_json(v) for k, v in stats.items()}
         policy = cls(config, VLMBackbone.from_config_dir(src / BACKBONE_DIR), norms["action"], norms["state"])

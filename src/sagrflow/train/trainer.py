@@ -23,6 +23,7 @@ from sagrflow.core.batch import Batch
 from sagrflow.core.config import ConfigError, to_dict
 from sagrflow.core.device import to_device
 from sagrflow.data.loader import TemporalLoader, build_dataset
+from sagrflow.model.config import RUNTIME_KEYS
 from sagrflow.model.policy import SAGRPolicy
 from sagrflow.model.target_cache import TargetCache
 from sagrflow.train import checkpoint as ckpt
@@ -107,7 +108,9 @@ class Trainer:
     def _build_policy(self, resume_from) -> SAGRPolicy:
         self._check_data_matches_model()
         if resume_from is not None:
-            policy = SAGRPolicy.load(resume_from / ckpt.POLICY_DIR)  # strict: names each missing parameter
+            # strict: names each missing parameter. How the policy runs is this run's (a change is warned of)
+            runtime = {key: getattr(self.cfg.framework.action_model, key) for key in RUNTIME_KEYS}
+            policy = SAGRPolicy.load(resume_from / ckpt.POLICY_DIR, **runtime)
             if policy.config.backbone.cameras is None:  # saved before the camera count was recorded
                 policy.config.backbone.cameras = self.cfg.framework.backbone.cameras
             if policy.config.action_model.temporal_delta_k is None:  # saved before k was recorded
