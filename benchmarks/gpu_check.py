@@ -11,12 +11,11 @@ and 12 of its 36 LLM layers, DiT of width 1024), under bf16 autocast, medians of
         sagr_chain_fused  as sagr_chain, with framework.action_model.target_pass fused: the
                      remaining t+k frames (1 in 4) ride in the image_t VLM call instead of a call of their own
         sagr_chain_fused_compiled  as sagr_chain_fused, with the anchor, world predictor and drift
-                     under torch.compile (`--compile`: `dynamic` is framework.action_model.compile_world,
-                     `auto` torch's default shape handling, `graphs` its mode="reduce-overhead", CUDA
+                     under torch.compile (`--compile`: `dynamic` is framework.action_model.compile_world
+                     true, `auto` torch's default shape handling, `graphs` its mode="reduce-overhead", CUDA
                      graphs; `graphs_fixed` the same for the world predictor and drift only, whose shapes
                      do not follow the prompt: compile_world "graphs"), compiled before the timing on two
-                     prompt lengths, as
-                     training meets them
+                     prompt lengths, as training meets them
         fm_only_hf_vision fm_only with transformers' own vision-tower path (an attention call per
                      window or image, positions built on the device), which sagrflow replaces
         fm_only_hf_inputs, sagr_chain_fused_hf_inputs  fm_only and sagr_chain_fused with the LLM's
@@ -240,7 +239,7 @@ def main() -> None:
     parser.add_argument("--config", default="mid", choices=("mid", "large"),
                         help="model_step.py's config: mid (89M parameters) or large (Qwen2.5-VL-3B's shapes, 12 LLM layers)")
     parser.add_argument("--compile", default="dynamic", choices=[*sorted(COMPILE), "none"],
-                        help="torch.compile options of the compiled mode (default dynamic: compile_world's; "
+                        help="torch.compile options of the compiled mode (default dynamic: compile_world true's; "
                              "none: no compiled mode, one policy in memory)")
     parser.add_argument("--chain-length", type=int, default=4, help="chain_length of the sagr_chain modes (default 4)")
     parser.add_argument("--train-only", action="store_true", help="(a) only, without fm_only_hf_vision")

@@ -119,10 +119,13 @@ def main() -> None:
         ap.error(f"--batch-size must be a multiple of {CHAIN}: the drift gains are measured on chains of {CHAIN}")
     if not args.policies and not args.init:
         ap.error("name at least one policy or --init config")
-    policies = {str(p): SAGRPolicy.load(resolve_checkpoint(p)) for p in args.policies}
+    # eager: the probe's forwards change drift_residual and batch sizes, each a recompile of compiled modules
+    policies = {str(p): SAGRPolicy.load(resolve_checkpoint(p), compile_world=False) for p in args.policies}
     for path in args.init:
         torch.manual_seed(0)
-        policies[f"init: {path}"] = SAGRPolicy.from_config(FrameworkConfig.from_dict(read_yaml(path)["framework"]))
+        framework = read_yaml(path)["framework"]
+        framework.setdefault("action_model", {})["compile_world"] = False
+        policies[f"init: {path}"] = SAGRPolicy.from_config(FrameworkConfig.from_dict(framework))
     for name, p in policies.items():  # what the probe feeds the world predictor: teacher actions, no geometry
         am = p.config.action_model
         if am.world_action_source != "teacher" or am.use_geometric_branch:

@@ -38,3 +38,20 @@ def test_attention_counts_one_operator_each_way_in_its_own_phase(tmp_path):
     # matmuls, at least two per call in backward (the observation summary's own einsum has a few)
     assert "aten._safe_softmax" not in forward
     assert backward.get("aten.bmm", 0) < calls
+
+
+def test_graphed_modules_count_one_replay_each_way_per_call(tmp_path):
+    policy = step_cost.build_shapes("tiny", tmp_path)
+    eager = step_cost.count_step(policy, 4, False, 2, "fused")
+    two = step_cost.count_step(policy, 4, False, 2, "fused", ("world", "drift"))
+    three = step_cost.count_step(policy, 4, False, 2, "fused", ("anchor", "world", "drift"))
+    replay = step_cost.GRAPH_REPLAY
+    # the world predictor and the drift run once each per step (teacher actions), the anchor once
+    assert (two["by_op"]["forward"][replay], two["by_op"]["backward"][replay]) == (2, 2)
+    assert (three["by_op"]["forward"][replay], three["by_op"]["backward"][replay]) == (3, 3)
+    assert three["ops_fwd"] < two["ops_fwd"] < eager["ops_fwd"] and three["ops_bwd"] < two["ops_bwd"] < eager["ops_bwd"]
+    assert two["flops"] == eager["flops"]  # a graph launches the same kernels
+    fm = step_cost.count_step(policy, 4, True, 1, "separate", ("world", "drift"))
+    assert replay not in fm["by_op"]["forward"]  # fm-only never calls them
+    norms = "aten.native_layer_norm"  # the world predictor's own layer norms went into its graph
+    assert two["by_op"]["forward"][norms] < eager["by_op"]["forward"][norms]

@@ -189,20 +189,3 @@ def test_resolve_checkpoint_accepts_trainer_layouts(tmp_path):
     with pytest.raises(ValueError, match="holds no policy"):
         resolve_checkpoint(tmp_path)
 
-
-def test_a_policy_trained_compiled_acts_eagerly(tiny_checkpoint, tmp_path):
-    """compile_world is a training setting: evaluation and serving load the world modules eager."""
-    import json
-    import shutil
-
-    from sagrflow.eval.policies import load_policy
-    from sagrflow.model.policy import CONFIG_FILE, SAGRPolicy
-
-    ckpt = shutil.copytree(tiny_checkpoint, tmp_path / "graphs")
-    config = json.loads((ckpt / CONFIG_FILE).read_text())
-    config["action_model"]["compile_world"] = "graphs"
-    (ckpt / CONFIG_FILE).write_text(json.dumps(config))
-    assert SAGRPolicy.load(ckpt).head.world._compiled_call_impl is not None  # as saved
-    policy = load_policy(ckpt)
-    assert policy.head.world._compiled_call_impl is None and not policy.training
-    assert policy.config.action_model.compile_world is False

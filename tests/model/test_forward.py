@@ -6,8 +6,10 @@ from types import SimpleNamespace
 import pytest
 import torch
 
+from sagrflow.model.config import COMPILE_WORLD_MODES
 from sagrflow.model.dit import sample_time
 from sagrflow.model.losses import masked_fm_loss, masked_mean, reduce_losses
+from sagrflow.model.policy import COMPILE_WORLD
 
 from .conftest import B, C, H, S, build_policy, make_batch, seeded_forward, small_config
 
@@ -319,6 +321,7 @@ def test_compiled_world_modules_equal_eager(tiny_dir):
     assert eager.head.world._compiled_call_impl is None  # refused before compiling any
     with pytest.raises(ValueError, match=r"no module \['wrld'\]"):  # one name as a string, not its letters
         eager.compile_world("wrld")
+    assert {False, *COMPILE_WORLD} == set(COMPILE_WORLD_MODES)  # every value the config takes compiles something
     # "graphs": the two modules of fixed shapes alone (tests/train/test_world_graphs.py trains with it)
     graphed = build_policy(tiny_dir, target_pass="fused", compile_world="graphs")
     assert [m._compiled_call_impl is not None for m in (graphed.anchor, graphed.head.world, graphed.head.drift)] == [

@@ -210,14 +210,31 @@ def test_save_then_load_gives_identical_predictions(policy, tmp_path):
     np.testing.assert_array_equal(a["actions"], b["actions"])
     for (n1, p1), (n2, p2) in zip(policy.state_dict().items(), loaded.state_dict().items(), strict=True):
         assert n1 == n2 and torch.equal(p1, p2), n1
-    # how it runs may differ from the checkpoint's, what it computes may not
-    eager = SAGRPolicy.load(tmp_path / "ckpt", cuda_graphs=False)
-    assert eager.config.action_model.cuda_graphs is False and eager.config.action_model.drift_eta == policy.config.action_model.drift_eta
-    with pytest.raises(ValueError, match=r"\['drift_eta'\] would change what the policy computes; only \['compile_world', "
-                                         r"'cuda_graphs'\] can differ"):
+
+
+def test_how_a_policy_runs_may_differ_from_its_checkpoint_and_acting_compiles_nothing(policy, tmp_path):
+    """RUNTIME_KEYS load in place of the saved values, no other key does; predict_action runs every
+    module eagerly whatever compile_world (a training setting)."""
+    policy.save(tmp_path / "ckpt")
+    graphed = SAGRPolicy.load(tmp_path / "ckpt", compile_world="graphs", cuda_graphs=False).eval()
+    assert (graphed.config.action_model.compile_world, graphed.config.action_model.cuda_graphs) == ("graphs", False)
+    assert graphed.head.world._compiled_call_impl is not None
+    obs = [observation(0), observation(1)]
+    policy.reset()
+    torch._dynamo.reset()
+    torch._dynamo.utils.counters.clear()
+    for elapsed in (None, policy.config.action_model.temporal_delta_k):  # the second call: the drift runs
+        extra = {} if elapsed is None else {"elapsed": elapsed}
+        got, want = (predict(p, [{**o, **extra} for o in obs], seed=7) for p in (graphed, policy))
+        np.testing.assert_array_equal(got["actions"], want["actions"])
+    assert got["residual"].all()
+    assert torch._dynamo.utils.counters["stats"]["unique_graphs"] == 0
+    with pytest.raises(ValueError, match=r"\['drift_eta'\] is not one of \['compile_world', 'cuda_graphs'\]"):
         SAGRPolicy.load(tmp_path / "ckpt", drift_eta=0.5)
     with pytest.raises(ValueError, match="compile_world='graph': use one of"):
         SAGRPolicy.load(tmp_path / "ckpt", compile_world="graph")
+    with pytest.raises(ValueError, match="cuda_graphs='no' must be true or false"):
+        SAGRPolicy.load(tmp_path / "ckpt", cuda_graphs="no")
 
 
 def test_strict_load_names_missing_and_unexpected(policy, tmp_path):

@@ -43,11 +43,19 @@ def test_libero_config_has_the_reference_choices():
     ({"trainer.weight_decay": float("inf")}, "trainer.weight_decay must be finite and >= 0"),
     ({"trainer.adam_eps": 0}, "trainer.adam_eps must be finite and > 0"),
     ({"framework.action_model.loss_w_geo": "inf"}, "loss_w_geo=inf must be finite and >= 0"),
+    ({"framework.action_model.compile_world": "graph"}, "compile_world='graph': use one of (False, True, 'graphs')"),
+    ({"framework.action_model.compile_world": 1}, "compile_world: expected bool or str, got 1"),
 ])
 def test_bad_keys_and_values_are_named(override, message):
     with pytest.raises(ConfigError) as err:
         load_config(None, override)
     assert message in str(err.value)
+
+
+def test_compile_world_takes_true_false_or_graphs_from_the_command_line():
+    for token, value in (("graphs", "graphs"), ("true", True), ("false", False)):
+        cfg = load_config(None, ["--framework.action_model.compile_world", token])
+        assert cfg.framework.action_model.compile_world == value
 
 
 def test_zero2_accelerate_config_parses():

@@ -247,6 +247,20 @@ def test_resume_refuses_a_changed_model_or_parameter_groups_but_takes_runtime_se
         resumed = Trainer(make_config(**{"trainer.max_train_steps": 2, "framework.action_model.compile_world": "graphs"}))
     assert resumed.policy.config.action_model.compile_world == "graphs"
     assert resumed.policy.head.world._compiled_call_impl is not None and resumed.state.step == 1
+    assert resumed.fit().step == 2  # and it trains on
+
+
+def test_cuda_graphs_of_the_world_modules_are_refused_where_parameters_move(make_config):
+    from types import SimpleNamespace
+
+    from accelerate.utils import DistributedType
+
+    from sagrflow.core.config import ConfigError
+
+    cfg = make_config(**{"framework.action_model.compile_world": "graphs"})
+    for kind in (DistributedType.FSDP, DistributedType.DEEPSPEED):
+        with pytest.raises(ConfigError, match=f"compile_world 'graphs' records CUDA graphs .* which {kind} moves"):
+            Trainer(cfg, accelerator=SimpleNamespace(distributed_type=kind, gradient_accumulation_steps=1))
 
 
 def test_training_and_inference_image_sizes_must_agree(make_config):

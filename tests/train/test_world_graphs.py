@@ -1,6 +1,6 @@
 """framework.action_model.compile_world: graphs. The world predictor and the drift under torch.compile's
-CUDA graphs (mode "reduce-overhead") train as eagerly, through gradient accumulation, a checkpoint and
-predict_action's own CUDA graph.
+CUDA graphs (mode "reduce-overhead") train as eagerly, through gradient accumulation, and the policy
+saves, loads and acts (predict_action, with its own CUDA graph) as an eager one.
 
 Those two modules only: for a given batch their shapes are fixed by the config, where the anchor's
 follow the prompt's length, and a CUDA graph is recorded (with its memory) per shape. On a CPU
@@ -63,8 +63,9 @@ def test_world_and_drift_in_cuda_graphs_train_and_act_as_eagerly(make_config, tm
         torch.testing.assert_close(b, a, rtol=2e-3, atol=2e-4, msg=name)
 
     # the compiled modules keep their parameter names: the checkpoint loads compiled, as its config says,
-    # and eagerly. A second call k steps after the first gives the drift a residual, so the compiled
-    # drift runs inside predict_action's CUDA graph, which must not fall back to eager
+    # and eagerly. predict_action runs them eagerly (a compiled module's CUDA graphs cannot be recorded
+    # inside its own), and its CUDA graph must not fall back to eager; a second call k steps after the
+    # first gives the drift a residual, so the drift runs inside that graph
     saved = graphed.policy.save(tmp_path / "policy")
     loaded = SAGRPolicy.load(saved, device=graphed.accelerator.device)
     loaded_eager = SAGRPolicy.load(saved, device=graphed.accelerator.device, compile_world=False)

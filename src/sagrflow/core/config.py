@@ -45,7 +45,8 @@ def _coerce(value: Any, annotation: Any, where: str) -> Any:
                 return _coerce(value, arg, where)
             except ConfigError as exc:
                 errors.append(str(exc))
-        raise ConfigError(errors[0] if len(errors) == 1 else f"{where}: {value!r} matches none of {args}")
+        kinds = " or ".join("null" if a is type(None) else getattr(a, "__name__", str(a)) for a in args)
+        raise ConfigError(errors[0] if len(errors) == 1 else f"{where}: expected {kinds}, got {value!r}")
     if dataclasses.is_dataclass(annotation):
         if dataclasses.is_dataclass(value):
             return value

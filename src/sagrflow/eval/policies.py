@@ -192,14 +192,10 @@ def resolve_checkpoint(path: str | Path) -> Path:
 
 
 def load_policy(checkpoint: str | Path, device: str = "cpu") -> SAGRPolicy:
-    """A policy directory, trainer checkpoint or run directory -> the policy, in eval mode, for acting.
-
-    Its world modules run eagerly whatever its compile_world: that setting is for training, where
-    predict_action replays its own CUDA graph, and a compile would add its time (and on a CPU need
-    a C compiler) for nothing."""
+    """A policy directory, trainer checkpoint or run directory -> the policy, in eval mode, for acting."""
     from sagrflow.model.policy import SAGRPolicy
 
-    return SAGRPolicy.load(resolve_checkpoint(checkpoint), device=device, compile_world=False).eval()
+    return SAGRPolicy.load(resolve_checkpoint(checkpoint), device=device).eval()
 
 
 def load_sagr(checkpoint: str | Path, device: str = "cpu", num_steps: int | None = None, seed: int = 0) -> SAGRAdapter:

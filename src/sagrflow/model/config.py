@@ -137,6 +137,8 @@ class ActionModelConfig:
             )
         if self.target_pass not in TARGET_PASSES:
             raise ValueError(f"framework.action_model.target_pass={self.target_pass!r}: use one of {TARGET_PASSES}")
+        if type(self.cuda_graphs) is not bool:  # SAGRPolicy.load(cuda_graphs=...) bypasses the typed build
+            raise ValueError(f"framework.action_model.cuda_graphs={self.cuda_graphs!r} must be true or false")
         if type(self.compile_world) not in (bool, str) or self.compile_world not in COMPILE_WORLD_MODES:
             raise ValueError(f"framework.action_model.compile_world={self.compile_world!r}: use one of "
                              f"{COMPILE_WORLD_MODES}")

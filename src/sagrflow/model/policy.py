@@ -6,6 +6,7 @@ K task tokens, W width, L VLM sequence, D VLM hidden size.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import warnings
 import zlib
@@ -60,6 +61,15 @@ COMPILE_WORLD = {True: (COMPILABLE, {"dynamic": True}),
                  "graphs": (("world", "drift"), {"mode": "reduce-overhead", "dynamic": False})}
 
 
+def _uncompiled():
+    """A context in which torch.compile's directives are ignored (torch >= 2.6). compile_world is a
+    training setting: predict_action's Euler loop is already one CUDA graph on a CUDA device, which a
+    compiled module's own CUDA graphs could not be recorded inside, and each new batch size would
+    compile again."""
+    stance = getattr(torch.compiler, "set_stance", None)
+    return contextlib.nullcontext() if stance is None else stance("force_eager")
+
+
 class SAGRPolicy(nn.Module):
     # parameter prefixes that `forward(batch, fm_only=True)` leaves without gradient: a trainer
     # running the fm-only baseline under DDP freezes them (or enables find_unused_parameters)
@@ -104,13 +114,17 @@ class SAGRPolicy(nn.Module):
         B x R rows, predict_action's B); the anchor's follow the prompt's length."""
         if isinstance(modules, str):
             modules = (modules,)
-        parts = {"anchor": self.anchor, "world": self.head.world, "drift": self.head.drift}
+        parts = self.compilable()
         unknown = sorted(set(modules) - set(parts))
         if unknown:
             raise ValueError(f"compile_world: no module {unknown}; the modules are {list(parts)}")
         options.setdefault("dynamic", True)
         for name in modules:
             parts[name].compile(**options)
+
+    def compilable(self) -> dict[str, nn.Module]:
+        """The modules compile_world can compile, by name (COMPILABLE)."""
+        return dict(zip(COMPILABLE, (self.anchor, self.head.world, self.head.drift), strict=True))
 
     @classmethod
     def from_config(cls, config: FrameworkConfig, action_normalizer: Normalizer | None = None,
@@ -352,6 +366,7 @@ class SAGRPolicy(nn.Module):
         this answer replans, so the row's memory changes only when it does. Noise: from `generator`
         (one draw for the batch), or with `seed` from each episode's own generator (`_episode_noise`),
         so an episode's chunks do not depend on which episodes share its batch; else torch's global one.
+        Every module runs eagerly here, whatever framework.action_model.compile_world (`_uncompiled`).
         """
         if generator is not None and seed is not None:
             raise ValueError("predict_action takes a generator or a seed, not both")
@@ -361,21 +376,22 @@ class SAGRPolicy(nn.Module):
         device = self.head.action_out.weight.device
         images, lang, state, geometry, keys = prepare_observations(self, observations, device)
         observed = self._observed(observations, keys)  # (B,) a prediction made for this very step
-        enc = self.encode(images, lang, geometry)
-        residual = torch.zeros_like(enc.task_tokens)  # (B, K, W)
-        expected = torch.zeros(len(keys), device=device)
-        for i, key in enumerate(keys):
-            if observed[i]:
-                m = self._memory[key]
-                residual[i] = enc.task_tokens[i] - m.pred_next
-                expected[i] = (m.pred_next - m.task_tokens).norm()
-        rrr = torch.where(expected > 0, residual.flatten(1).norm(dim=1) / expected.clamp_min(1e-12),
-                          torch.zeros_like(expected))
-        noise = generator if seed is None else self._episode_noise(keys, seed)
-        x, temb_end = sample_chunk(self.head, enc, state, residual, num_steps or am.num_inference_timesteps,
-                                   noise, self._graphs if am.cuda_graphs else None)
         noisy = am.world_action_source == "noisy"
-        pred_next = self.head.predict_next(enc.task_tokens, x, state, temb_end if noisy else None)
+        with _uncompiled():  # every module eager, whatever compile_world
+            enc = self.encode(images, lang, geometry)
+            residual = torch.zeros_like(enc.task_tokens)  # (B, K, W)
+            expected = torch.zeros(len(keys), device=device)
+            for i, key in enumerate(keys):
+                if observed[i]:
+                    m = self._memory[key]
+                    residual[i] = enc.task_tokens[i] - m.pred_next
+                    expected[i] = (m.pred_next - m.task_tokens).norm()
+            rrr = torch.where(expected > 0, residual.flatten(1).norm(dim=1) / expected.clamp_min(1e-12),
+                              torch.zeros_like(expected))
+            noise = generator if seed is None else self._episode_noise(keys, seed)
+            x, temb_end = sample_chunk(self.head, enc, state, residual, num_steps or am.num_inference_timesteps,
+                                       noise, self._graphs if am.cuda_graphs else None)
+            pred_next = self.head.predict_next(enc.task_tokens, x, state, temb_end if noisy else None)
         replan = (rrr > am.rrr_threshold).cpu().numpy()
         for i, (k, o) in enumerate(zip(keys, observations, strict=True)):
             if replan[i] or not o.get("check", False):  # a kept chunk keeps its prediction (or none)
@@ -438,8 +454,8 @@ class SAGRPolicy(nn.Module):
 
         unknown = sorted(set(runtime) - set(RUNTIME_KEYS))
         if unknown:
-            raise ValueError(f"SAGRPolicy.load: {unknown} would change what the policy computes; "
-                             f"only {list(RUNTIME_KEYS)} can differ from the checkpoint's")
+            raise ValueError(f"SAGRPolicy.load: {unknown} is not one of {list(RUNTIME_KEYS)}, the settings that "
+                             "may differ from the checkpoint's (the others are what the policy computes)")
         src = Path(path)
         for name in (WEIGHTS_FILE, CONFIG_FILE, STATS_FILE, BACKBONE_DIR):
             if not (src / name).exists():

@@ -120,7 +120,7 @@ def save_checkpoint(accelerator, run_dir: str | Path, state: TrainState, *, poli
     final = root / f"step_{state.step:07d}"
     tmp = root / f".tmp_step_{state.step:07d}"
     rank, main = accelerator.process_index, accelerator.is_main_process
-    sharded = _sharded_optimizer(accelerator)
+    in_shards = sharded(accelerator)
     if main:
         bad = [n for n, p in policy.named_parameters() if not bool(torch.isfinite(p.detach()).all())]
         if bad:  # the step guard should make this unreachable; a checkpoint must never carry it
@@ -135,9 +135,9 @@ def save_checkpoint(accelerator, run_dir: str | Path, state: TrainState, *, poli
             {robot: {k: n.to_json() for k, n in pair.items()} for robot, pair in normalizers.items()}, indent=1))
         (tmp / "trainer_state.json").write_text(json.dumps(asdict(state), indent=2))
         torch.save(scheduler.state_dict(), tmp / "scheduler.pt")
-        if not sharded:
+        if not in_shards:
             torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
-    if sharded:
+    if in_shards:
         accelerator.save_state(str(tmp / "accelerate"))
     torch.save(rng_state(), tmp / f"rng_rank{rank}.pt")
     (tmp / f"loader_rank{rank}.json").write_text(json.dumps(loader.position.state_dict()))
@@ -246,7 +246,8 @@ def load_rank_state(path: Path, rank: int, world_size: int, old: TrainState, per
     return restored
 
 
-def _sharded_optimizer(accelerator) -> bool:
+def sharded(accelerator) -> bool:
+    """Whether FSDP or DeepSpeed shards the optimizer (and may gather parameters anew each step)."""
     from accelerate.utils import DistributedType
 
     return accelerator.distributed_type in (DistributedType.DEEPSPEED, DistributedType.FSDP)
