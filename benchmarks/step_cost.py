@@ -14,7 +14,9 @@ counted. Timings belong to gpu_check.py; these counts say what the timings can b
 Modes: fm_only; sagr at each chain length L (datasets.vla_data.chain_length; L = 1 is the
 naive step, every valid pair through the target pass), with target_pass separate and fused; with
 `--graphed world,drift` also fused with those modules replayed as CUDA graphs (compile_world "graphs"):
-each call of one counts one operator each way in place of its own.
+each call of one counts one operator each way in place of its own, a lower bound (a replay also
+copies its inputs into the graph's buffers, and gradients summed where an input is used twice are
+added outside it).
 
     python benchmarks/step_cost.py [--configs tiny,mid,large] [--batch-size 64] [--chains 1,2,4,8] [--graphed world,drift]
 """
@@ -91,13 +93,16 @@ def graphed(modules: list[torch.nn.Module], counter: OpCounter):
     reachable from a call's output but not from its inputs), whose backward is the graph's."""
     calls = []
 
-    def enter(module, args):
+    def enter(module, args, kwargs):
         counter.count(GRAPH_REPLAY)
         counter.in_graph = True
 
-    def leave(module, args, out):
+    def leave(module, args, kwargs, out):
         counter.in_graph = False
-        calls.append((out.grad_fn, [a.grad_fn for a in args if isinstance(a, torch.Tensor)]))
+        if not isinstance(out, torch.Tensor):
+            raise TypeError(f"{type(module).__name__} returns {type(out).__name__}: `graphed` counts one tensor out")
+        inputs = [t.grad_fn for t in tree_leaves((args, kwargs)) if isinstance(t, torch.Tensor)]
+        calls.append((out.grad_fn, inputs))
 
     def mark() -> None:
         for out, inputs in calls:
@@ -105,7 +110,8 @@ def graphed(modules: list[torch.nn.Module], counter: OpCounter):
                 counter.graph_nodes |= _reachable([out]) - _reachable(inputs)
                 counter.ops["backward"][GRAPH_REPLAY] += 1
 
-    hooks = [h for m in modules for h in (m.register_forward_pre_hook(enter), m.register_forward_hook(leave))]
+    hooks = [h for m in modules for h in (m.register_forward_pre_hook(enter, with_kwargs=True),
+                                          m.register_forward_hook(leave, with_kwargs=True, always_call=True))]
     try:
         yield mark
     finally:
@@ -216,7 +222,7 @@ def main() -> None:
     parser.add_argument("--graphed", default="", help=f"comma-separated, of {list(COMPILABLE)}: a fused mode with "
                         "them as CUDA graphs (world,drift: compile_world 'graphs')")
     args = parser.parse_args()
-    graphs = tuple(g for g in args.graphed.split(",") if g)
+    graphs = tuple(dict.fromkeys(g for g in args.graphed.split(",") if g))
     if set(graphs) - set(COMPILABLE):
         parser.error(f"--graphed {args.graphed}: use names of {list(COMPILABLE)}")
     names, chains = args.configs.split(","), [int(c) for c in args.chains.split(",")]

@@ -229,6 +229,7 @@ def test_how_a_policy_runs_may_differ_from_its_checkpoint_and_acting_compiles_no
         np.testing.assert_array_equal(got["actions"], want["actions"])
     assert got["residual"].all()
     assert torch._dynamo.utils.counters["stats"]["unique_graphs"] == 0
+    assert graphed.head.world._compiled_call_impl is not None  # compiled again for training
     with pytest.raises(ValueError, match=r"\['drift_eta'\] is not one of \['compile_world', 'cuda_graphs'\]"):
         SAGRPolicy.load(tmp_path / "ckpt", drift_eta=0.5)
     with pytest.raises(ValueError, match="compile_world='graph': use one of"):

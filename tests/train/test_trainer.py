@@ -259,7 +259,7 @@ def test_cuda_graphs_of_the_world_modules_are_refused_where_parameters_move(make
 
     cfg = make_config(**{"framework.action_model.compile_world": "graphs"})
     for kind in (DistributedType.FSDP, DistributedType.DEEPSPEED):
-        with pytest.raises(ConfigError, match=f"compile_world 'graphs' records CUDA graphs .* which {kind} moves"):
+        with pytest.raises(ConfigError, match=f"compile_world 'graphs' records CUDA graphs .* which {kind.value} moves"):
             Trainer(cfg, accelerator=SimpleNamespace(distributed_type=kind, gradient_accumulation_steps=1))
 
 

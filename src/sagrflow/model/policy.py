@@ -61,15 +61,6 @@ COMPILE_WORLD = {True: (COMPILABLE, {"dynamic": True}),
                  "graphs": (("world", "drift"), {"mode": "reduce-overhead", "dynamic": False})}
 
 
-def _uncompiled():
-    """A context in which torch.compile's directives are ignored (torch >= 2.6). compile_world is a
-    training setting: predict_action's Euler loop is already one CUDA graph on a CUDA device, which a
-    compiled module's own CUDA graphs could not be recorded inside, and each new batch size would
-    compile again."""
-    stance = getattr(torch.compiler, "set_stance", None)
-    return contextlib.nullcontext() if stance is None else stance("force_eager")
-
-
 class SAGRPolicy(nn.Module):
     # parameter prefixes that `forward(batch, fm_only=True)` leaves without gradient: a trainer
     # running the fm-only baseline under DDP freezes them (or enables find_unused_parameters)
@@ -110,8 +101,9 @@ class SAGRPolicy(nn.Module):
         """torch.compile the modules only SA-GR runs (of "anchor", "world", "drift") in place, so parameter
         names and checkpoints stay as they are. `options` go to `torch.compile` (benchmarks compare them);
         by default dynamic shapes, as batches differ in prompt length and in how many t+k frames they run.
-        For a given batch size the world predictor's and drift's shapes are fixed by the config (training's
-        B x R rows, predict_action's B); the anchor's follow the prompt's length."""
+        For a given batch size the world predictor's and drift's shapes are fixed by the config (B rows for
+        the world predictor with teacher actions, B x R for the drift); the anchor's follow the prompt's
+        length. predict_action runs them eagerly (`_eager`)."""
         if isinstance(modules, str):
             modules = (modules,)
         parts = self.compilable()
@@ -125,6 +117,21 @@ class SAGRPolicy(nn.Module):
     def compilable(self) -> dict[str, nn.Module]:
         """The modules compile_world can compile, by name (COMPILABLE)."""
         return dict(zip(COMPILABLE, (self.anchor, self.head.world, self.head.drift), strict=True))
+
+    @contextlib.contextmanager
+    def _eager(self):
+        """Inside, the compilable modules run their eager code. compile_world is a training setting: on a
+        CUDA device predict_action's Euler loop is already one CUDA graph, inside which a compiled
+        module's own CUDA graphs could not be recorded, and each new batch size would compile again.
+        (`Module.compile` keeps the compiled call in `_compiled_call_impl`; None is the eager call.)"""
+        compiled = {m: m._compiled_call_impl for m in self.compilable().values() if m._compiled_call_impl is not None}
+        for m in compiled:
+            m._compiled_call_impl = None
+        try:
+            yield
+        finally:
+            for m, call in compiled.items():
+                m._compiled_call_impl = call
 
     @classmethod
     def from_config(cls, config: FrameworkConfig, action_normalizer: Normalizer | None = None,
@@ -366,7 +373,7 @@ class SAGRPolicy(nn.Module):
         this answer replans, so the row's memory changes only when it does. Noise: from `generator`
         (one draw for the batch), or with `seed` from each episode's own generator (`_episode_noise`),
         so an episode's chunks do not depend on which episodes share its batch; else torch's global one.
-        Every module runs eagerly here, whatever framework.action_model.compile_world (`_uncompiled`).
+        The compilable modules run eagerly here, whatever framework.action_model.compile_world (`_eager`).
         """
         if generator is not None and seed is not None:
             raise ValueError("predict_action takes a generator or a seed, not both")
@@ -377,7 +384,7 @@ class SAGRPolicy(nn.Module):
         images, lang, state, geometry, keys = prepare_observations(self, observations, device)
         observed = self._observed(observations, keys)  # (B,) a prediction made for this very step
         noisy = am.world_action_source == "noisy"
-        with _uncompiled():  # every module eager, whatever compile_world
+        with self._eager():  # whatever compile_world
             enc = self.encode(images, lang, geometry)
             residual = torch.zeros_like(enc.task_tokens)  # (B, K, W)
             expected = torch.zeros(len(keys), device=device)
@@ -449,7 +456,8 @@ class SAGRPolicy(nn.Module):
     def load(cls, path: str | Path, device: torch.device | str = "cpu", **runtime) -> SAGRPolicy:
         """Strict load: a missing, unexpected or still-on-meta parameter is an error naming each.
         `runtime`: values of framework.action_model's RUNTIME_KEYS (compile_world, cuda_graphs) in place
-        of the saved ones, e.g. `compile_world=False` to act eagerly with a policy trained compiled."""
+        of the saved ones, e.g. `compile_world=False` for a policy trained compiled whose `forward` a probe
+        calls on batches of many sizes (predict_action runs those modules eagerly anyway)."""
         from safetensors import safe_open
 
         unknown = sorted(set(runtime) - set(RUNTIME_KEYS))

@@ -58,7 +58,7 @@ class Trainer:
             kwargs_handlers=[ddp])
         if cfg.framework.action_model.compile_world == "graphs" and ckpt.sharded(acc):
             raise ConfigError("framework.action_model.compile_world 'graphs' records CUDA graphs over the parameters' "
-                              f"addresses, which {acc.distributed_type} moves every step: use true or false")
+                              f"addresses, which {acc.distributed_type.value} moves every step: use true or false")
         self.run_dir = cfg.run_dir
         self.gas = t.gradient_accumulation_steps
         if acc.gradient_accumulation_steps != self.gas:  # `accelerate launch` exports its config's value
