@@ -41,6 +41,7 @@ import json
 import os
 import tempfile
 import time
+from contextlib import nullcontext
 from dataclasses import replace
 from functools import partial
 from pathlib import Path
@@ -64,34 +65,36 @@ COMPILE = {"dynamic": {"dynamic": True}, "auto": {"dynamic": None},
            "graphs_fixed": {**COMPILE_WORLD["graphs"][1], "modules": COMPILE_WORLD["graphs"][0]}}
 
 
-def train_times(policies: dict[bool, object], batch_size: int, iters: int, device: str,
+def train_times(policy, compiled: bool, batch_size: int, iters: int, device: str,
                 dtype, hf: bool = True, profile: bool = False, chain_length: int = 4) -> dict[str, dict[str, float]]:
     """Median ms per optimizer step of each mode, its ratio to fm_only's, the quartiles of the
     per-round ratios (each round times every mode once, in an order of its own: how far the ratio
     moves from round to round; a bias that lasts the whole process, which only a second process
     shows, leaves them tight), and the peak memory of one step on CUDA.
-    `policies`: compiled world modules or not -> a policy (the same weights)."""
-    optimizers = {c: torch.optim.AdamW(p.parameters(), lr=1e-5) for c, p in policies.items()}
-    modes = {m: spec for m, spec in TRAIN_MODES.items() if spec[3] in policies}  # no compiled policy: no such mode
+    `compiled`: the policy's world modules are compiled (SAGRPolicy.compile_world), for the compiled mode;
+    every other mode runs them eagerly (SAGRPolicy.eager), so one policy, one optimizer, serves all."""
+    optimizer = torch.optim.AdamW(policy.parameters(), lr=1e-5)
+    modes = {m: spec for m, spec in TRAIN_MODES.items() if compiled or not spec[3]}
     hosts = {m: fake_batch(batch_size, "cpu", chain_length if chained else 1) for m, (_, chained, _, _) in modes.items()}
     batches = {m: host.to(device) for m, host in hosts.items()}
 
     def step(mode: str, host=None, read_plan: bool = False) -> None:
         """One step of `mode` on its batch, or on `host` moved to the device; the t+k plan made from the
         host copy, as the trainer does, unless `read_plan` (the forward then reads it back, as it used to)."""
-        fm, _, target_pass, compiled = TRAIN_MODES[mode]
-        policies[compiled].config.action_model.target_pass = target_pass
+        fm, _, target_pass, uses_compiled = TRAIN_MODES[mode]
+        policy.config.action_model.target_pass = target_pass
         if host is None:
             host, batch = hosts[mode], batches[mode]
         else:
             batch = host.to(device)
-        train_step(policies[compiled], batch, fm, optimizers[compiled], dtype, None if read_plan else host)
+        with nullcontext() if uses_compiled else policy.eager():
+            train_step(policy, batch, fm, optimizer, dtype, None if read_plan else host)
 
     steps = {m: partial(step, m) for m in modes}
     for mode in ("fm_only", "sagr_chain_fused"):  # every read-back the step used to have, the plan's included
-        steps[f"{mode}_hf_inputs"] = partial(hf_inputs, policies[False], partial(step, mode, read_plan=True))
+        steps[f"{mode}_hf_inputs"] = partial(hf_inputs, policy, partial(step, mode, read_plan=True))
     if hf:
-        steps["fm_only_hf_vision"] = partial(hf_vision, policies[False], steps["fm_only"])
+        steps["fm_only_hf_vision"] = partial(hf_vision, policy, steps["fm_only"])
     compile_start = time.perf_counter()
     if "sagr_chain_fused_compiled" in steps:
         # the compile, outside the timing: a second prompt length first (the VLM sequence changes from batch
@@ -240,7 +243,7 @@ def main() -> None:
                         help="model_step.py's config: mid (89M parameters) or large (Qwen2.5-VL-3B's shapes, 12 LLM layers)")
     parser.add_argument("--compile", default="dynamic", choices=[*sorted(COMPILE), "none"],
                         help="torch.compile options of the compiled mode (default dynamic: compile_world true's; "
-                             "none: no compiled mode, one policy in memory)")
+                             "none: no compiled mode)")
     parser.add_argument("--chain-length", type=int, default=4, help="chain_length of the sagr_chain modes (default 4)")
     parser.add_argument("--train-only", action="store_true", help="(a) only, without fm_only_hf_vision")
     parser.add_argument("--profile", action="store_true", help="profile the fused and the compiled mode (CUDA)")
@@ -266,11 +269,9 @@ def main() -> None:
     root = Path(tempfile.mkdtemp(prefix="sagrflow-gpu-check-"))
     policy = build(name, root, args.device)
     built = time.perf_counter() - start
-    policies = {False: policy}
     if args.compile != "none":
-        policies[True] = build(name, root, args.device)
-        policies[True].compile_world(**COMPILE[args.compile])
-    train = train_times(policies, batch_size, iters, args.device, dtype,
+        policy.compile_world(**COMPILE[args.compile])
+    train = train_times(policy, args.compile != "none", batch_size, iters, args.device, dtype,
                         hf=not args.train_only, profile=args.profile and args.device.startswith("cuda"),
                         chain_length=args.chain_length)
     predict = None if args.train_only else predict_times(policy, iters, args.device, dtype)

@@ -12,12 +12,13 @@
 #       ratios differ (a bias lasting a whole process leaves the per-round quartiles tight)
 #   3. gpu_check.py --config large, chain 8: (a) at Qwen2.5-VL-3B's shapes, where the GPU should set the
 #      step time (step_cost.py: the separate target pass adds 4% of the FLOPs there)
+#   3a. the same with compile_world "graphs" beside eager in one process (part large_graphs, REPEAT processes)
 #   4. the CUDA-only tests (predict_action's CUDA graph, the trainer's one read per step) and the
 #      backbone's equivalence tests
 #   4b. the trainer with the world predictor and drift in CUDA graphs (part graphs_trainer), against eager
 #   5. gpu_pool.py over every check's JSON: per-process medians and the pooled per-round ratios
 #     bash benchmarks/gpu_run.sh    # LIMIT=<s> caps each part (default 200); PYTHON=<interpreter> (default python3)
-#     PARTS="eager large tests" REPEAT=3 bash benchmarks/gpu_run.sh   # some parts (default: all), 2a, 2b and 3 x3
+#     PARTS="eager large tests" REPEAT=3 bash benchmarks/gpu_run.sh   # some parts (default: all), 2a, 2b, 3, 3a x3
 # It writes about 20 files (REPEAT adds a folder per process); where fewer may come back, pack them:
 #     cd "$OUT" && tar czf /tmp/gpu_run.tgz * && rm -rf -- * && mv /tmp/gpu_run.tgz .
 # It ends with status 0 whatever its parts did: each part's exit status is printed and in its log.
@@ -26,7 +27,7 @@ cd "$(dirname "$0")/.."
 export PYTHONPATH=src HF_HUB_OFFLINE=1 HF_HUB_DISABLE_PROGRESS_BARS=1
 OUT=${OUT:-runs/gpu/$(date +%Y%m%d_%H%M%S)}
 export OUT
-ALL="profile profile_large graphs graphs_fixed eager large tests graphs_trainer"
+ALL="profile profile_large graphs graphs_fixed eager large large_graphs tests graphs_trainer"
 for p in ${PARTS:-}; do
     [[ " $ALL " == *" $p "* ]] || { echo "PARTS: no part '$p' (parts: $ALL)" >&2; exit 2; }
 done
@@ -57,6 +58,8 @@ want graphs_fixed && repeat check_b64_graphs_fixed_chain8 "$PY" benchmarks/gpu_c
     --compile graphs_fixed --train-only --chain-length 8
 want eager && repeat check_b64_eager_chain8 "$PY" benchmarks/gpu_check.py --batch-size 64 --compile none --train-only --chain-length 8
 want large && repeat check_large_chain8 "$PY" benchmarks/gpu_check.py --config large --compile none --train-only --chain-length 8
+want large_graphs && repeat check_large_graphs_fixed_chain8 "$PY" benchmarks/gpu_check.py --config large \
+    --compile graphs_fixed --train-only --chain-length 8
 want tests && part tests "$PY" -m pytest -q -p no:cacheprovider tests/model/test_cuda_graphs.py tests/model/test_qwen_vision.py tests/core/test_device.py \
     "tests/train/test_trainer.py::test_a_cuda_step_waits_for_the_gpu_only_to_read_its_metrics"
 want graphs_trainer && part graphs_trainer "$PY" -m pytest -q -p no:cacheprovider tests/train/test_world_graphs.py

@@ -321,6 +321,15 @@ def test_compiled_world_modules_equal_eager(tiny_dir):
     assert eager.head.world._compiled_call_impl is None  # refused before compiling any
     with pytest.raises(ValueError, match=r"no module \['wrld'\]"):  # one name as a string, not its letters
         eager.compile_world("wrld")
+    # eager(): the compiled policy's eager code, nothing compiled, the compiled call back afterwards
+    torch._dynamo.reset()
+    torch._dynamo.utils.counters.clear()
+    with compiled.eager():
+        out_x, _, _ = loss_and_grads(compiled, batch)
+    assert torch._dynamo.utils.counters["stats"]["unique_graphs"] == 0
+    assert all(m._compiled_call_impl is not None for m in compiled.compilable().values())
+    for k in TERMS:
+        torch.testing.assert_close(out_x[k], out_e[k], atol=1e-5, rtol=1e-4)
     assert {False, *COMPILE_WORLD} == set(COMPILE_WORLD_MODES)  # every value the config takes compiles something
     # "graphs": the two modules of fixed shapes alone (tests/train/test_world_graphs.py trains with it)
     graphed = build_policy(tiny_dir, target_pass="fused", compile_world="graphs")

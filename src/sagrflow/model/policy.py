@@ -103,7 +103,7 @@ class SAGRPolicy(nn.Module):
         by default dynamic shapes, as batches differ in prompt length and in how many t+k frames they run.
         For a given batch size the world predictor's and drift's shapes are fixed by the config (B rows for
         the world predictor with teacher actions, B x R for the drift); the anchor's follow the prompt's
-        length. predict_action runs them eagerly (`_eager`)."""
+        length. predict_action runs them eagerly (`eager`)."""
         if isinstance(modules, str):
             modules = (modules,)
         parts = self.compilable()
@@ -119,10 +119,12 @@ class SAGRPolicy(nn.Module):
         return dict(zip(COMPILABLE, (self.anchor, self.head.world, self.head.drift), strict=True))
 
     @contextlib.contextmanager
-    def _eager(self):
-        """Inside, the compilable modules run their eager code. compile_world is a training setting: on a
-        CUDA device predict_action's Euler loop is already one CUDA graph, inside which a compiled
-        module's own CUDA graphs could not be recorded, and each new batch size would compile again.
+    def eager(self):
+        """Inside, the compilable modules run their eager code (compile_world's compiled code stays
+        cached for afterwards). predict_action runs in it: compile_world is a training setting, on a
+        CUDA device the Euler loop is already one CUDA graph, inside which a compiled module's own CUDA
+        graphs could not be recorded, and each new batch size would compile again. Not thread-safe:
+        another thread's calls of this policy meanwhile run eagerly too.
         (`Module.compile` keeps the compiled call in `_compiled_call_impl`; None is the eager call.)"""
         compiled = {m: m._compiled_call_impl for m in self.compilable().values() if m._compiled_call_impl is not None}
         for m in compiled:
@@ -373,7 +375,7 @@ class SAGRPolicy(nn.Module):
         this answer replans, so the row's memory changes only when it does. Noise: from `generator`
         (one draw for the batch), or with `seed` from each episode's own generator (`_episode_noise`),
         so an episode's chunks do not depend on which episodes share its batch; else torch's global one.
-        The compilable modules run eagerly here, whatever framework.action_model.compile_world (`_eager`).
+        The compilable modules run eagerly here, whatever framework.action_model.compile_world (`eager`).
         """
         if generator is not None and seed is not None:
             raise ValueError("predict_action takes a generator or a seed, not both")
@@ -384,7 +386,7 @@ class SAGRPolicy(nn.Module):
         images, lang, state, geometry, keys = prepare_observations(self, observations, device)
         observed = self._observed(observations, keys)  # (B,) a prediction made for this very step
         noisy = am.world_action_source == "noisy"
-        with self._eager():  # whatever compile_world
+        with self.eager():  # whatever compile_world
             enc = self.encode(images, lang, geometry)
             residual = torch.zeros_like(enc.task_tokens)  # (B, K, W)
             expected = torch.zeros(len(keys), device=device)
