@@ -337,6 +337,29 @@ def test_compiled_world_modules_equal_eager(tiny_dir):
         False, True, True]
 
 
+def test_unpool_grads_copies_the_graphed_modules_gradients_and_nothing_else(tiny_dir):
+    """Between micro-batches the trainer moves the CUDA-graphed modules' gradients to memory of their own
+    (a later replay would overwrite the graph's): the same values, new storage, the rest untouched."""
+    policy = build_policy(tiny_dir, target_pass="fused", compile_world="graphs")
+    with policy.eager():  # where the gradients come from does not matter here
+        loss_and_grads(policy, make_batch())
+    before = {n: (p.grad.data_ptr(), p.grad.clone()) for n, p in policy.named_parameters() if p.grad is not None}
+    policy.unpool_grads()
+    moved = set()
+    for name, p in policy.named_parameters():
+        if name in before:
+            torch.testing.assert_close(p.grad, before[name][1], rtol=0, atol=0, msg=name)
+            if p.grad.data_ptr() != before[name][0]:
+                moved.add(name)
+    graphed = {n for n in before if n.startswith(("head.world.", "head.drift."))}
+    assert moved == graphed and len(graphed) > 10
+    eager = build_policy(tiny_dir, target_pass="fused")  # no graphs: nothing to move
+    loss_and_grads(eager, make_batch())
+    ptrs = [p.grad.data_ptr() for p in eager.parameters() if p.grad is not None]
+    eager.unpool_grads()
+    assert ptrs == [p.grad.data_ptr() for p in eager.parameters() if p.grad is not None]
+
+
 def test_token_change_is_the_loss_dyn_of_predicting_no_change(tiny_dir):
     """token_change (B,) is each sample's mean of (task_tokens_next - task_tokens)^2 (over its R repeats,
     0 for an invalid pair): with a world predictor that outputs delta = 0 (pred_next = task_tokens),

@@ -197,7 +197,7 @@ class Trainer:
         w = sagr_weights(self.state.step, t.sagr_phase_a_steps, t.sagr_phase_b_ramp_steps, self.base_weights)
         n_samples, n_valid = self._global_counts(micro_batches)
         stats: dict[str, torch.Tensor] = {}
-        for batch in micro_batches:
+        for i, batch in enumerate(micro_batches):
             # the t+k plan from the host copy, so the forward reads nothing back from the device
             plan = None if t.fm_only else self.policy.plan_targets(batch)
             batch = batch.to(acc.device, non_blocking=True)
@@ -209,6 +209,8 @@ class Trainer:
                 change = valid_share(out["token_change"], out["valid_tk"], n_valid) * acc.num_processes
                 with self._backward_anomaly():
                     acc.backward(total * self.gas)  # accelerate divides by gas; the shares already sum to the step loss
+                if i < len(micro_batches) - 1:  # the next micro-batch's CUDA-graph replays would overwrite them
+                    self.policy.unpool_grads()
             self._accumulate(stats, total, terms, change, out, len(micro_batches))
         report_groups = group_grad_norms(self.optimizer) if not self._reported else None
         grad_norm = acc.clip_grad_norm_(self.model.parameters(), t.max_grad_norm or float("inf"))
