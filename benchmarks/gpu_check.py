@@ -99,8 +99,8 @@ def train_times(policy, compiled: bool, batch_size: int, iters: int, device: str
     if "sagr_chain_fused_compiled" in steps:
         # the compile, outside the timing: a second prompt length first (the VLM sequence changes from batch
         # to batch in training), then the timed batch a few times (CUDA graphs record at the second call)
-        compiled = hosts["sagr_chain_fused_compiled"]
-        step("sagr_chain_fused_compiled", replace(compiled, lang=tuple(s + " then close the drawer" for s in compiled.lang)))
+        host = hosts["sagr_chain_fused_compiled"]
+        step("sagr_chain_fused_compiled", replace(host, lang=tuple(s + " then close the drawer" for s in host.lang)))
         for _ in range(3):
             steps["sagr_chain_fused_compiled"]()
     compile_s = time.perf_counter() - compile_start

@@ -19,7 +19,7 @@
 #   5. gpu_pool.py over every check's JSON: per-process medians and the pooled per-round ratios
 #     bash benchmarks/gpu_run.sh    # LIMIT=<s> caps each part (default 200); PYTHON=<interpreter> (default python3)
 #     PARTS="eager large tests" REPEAT=3 bash benchmarks/gpu_run.sh   # some parts (default: all), 2a, 2b, 3, 3a x3
-# It writes about 20 files (REPEAT adds a folder per process); where fewer may come back, pack them:
+# It writes about 25 files (REPEAT adds a folder per process); where fewer may come back, pack them:
 #     cd "$OUT" && tar czf /tmp/gpu_run.tgz * && rm -rf -- * && mv /tmp/gpu_run.tgz .
 # It ends with status 0 whatever its parts did: each part's exit status is printed and in its log.
 set -uo pipefail

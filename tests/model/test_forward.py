@@ -324,10 +324,11 @@ def test_compiled_world_modules_equal_eager(tiny_dir):
     # eager(): the compiled policy's eager code, nothing compiled, the compiled call back afterwards
     torch._dynamo.reset()
     torch._dynamo.utils.counters.clear()
+    calls = [m._compiled_call_impl for m in compiled.compilable().values()]
     with compiled.eager():
         out_x, _, _ = loss_and_grads(compiled, batch)
     assert torch._dynamo.utils.counters["stats"]["unique_graphs"] == 0
-    assert all(m._compiled_call_impl is not None for m in compiled.compilable().values())
+    assert [m._compiled_call_impl for m in compiled.compilable().values()] == calls  # the same compiled calls
     for k in TERMS:
         torch.testing.assert_close(out_x[k], out_e[k], atol=1e-5, rtol=1e-4)
     assert {False, *COMPILE_WORLD} == set(COMPILE_WORLD_MODES)  # every value the config takes compiles something

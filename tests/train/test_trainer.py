@@ -263,6 +263,17 @@ def test_cuda_graphs_of_the_world_modules_are_refused_where_parameters_move(make
             Trainer(cfg, accelerator=SimpleNamespace(distributed_type=kind, gradient_accumulation_steps=1))
 
 
+def test_graphed_gradients_are_moved_between_micro_batches_only(make_config):
+    """unpool_grads (compile_world graphs) runs after each micro-batch's backward but the last, whose
+    gradients the optimizer takes before any replay."""
+    trainer = Trainer(make_config(**{"trainer.max_train_steps": 1, "trainer.gradient_accumulation_steps": 3}))
+    batches = iter(trainer.loader)
+    calls = []
+    trainer.policy.unpool_grads = lambda: calls.append(trainer.policy.head.world.out.weight.grad is not None)
+    trainer.train_step([next(batches) for _ in range(3)])
+    assert calls == [True, True]
+
+
 def test_training_and_inference_image_sizes_must_agree(make_config):
     from sagrflow.core.config import ConfigError
 

@@ -74,7 +74,8 @@ class ActionModelConfig:
     # torch.compile the modules only SA-GR runs: a few fused kernels in place of hundreds of small ones,
     # for a compile of tens of seconds at the first step. true: the anchor, world predictor and drift,
     # dynamic shapes; "graphs": the world predictor and drift alone (their shapes are fixed by the batch
-    # size), recorded as CUDA graphs on a CUDA device (torch.compile's "reduce-overhead")
+    # size), recorded as CUDA graphs on a CUDA device (torch.compile's "reduce-overhead"); a training loop
+    # that accumulates gradients calls SAGRPolicy.unpool_grads between micro-batches, as the trainer does
     compile_world: bool | str = False
     world_action_source: str = "teacher"  # world predictor sees expert actions or the noisy trajectory
     # t+k frames no other sample can lend: their own no-grad VLM call ("separate") or rows appended

@@ -121,16 +121,20 @@ class SAGRPolicy(nn.Module):
     def unpool_grads(self) -> None:
         """Copies the gradients of the modules compile_world "graphs" replays as CUDA graphs out of the graphs'
         memory. Autograd can take a graph's gradient output as a parameter's .grad as it is, and the next
-        replay then overwrites it: gradients accumulated over micro-batches would come out wrong (torch's
-        CUDA graph trees; pytorch#96693, #169545). The trainer calls it between a step's micro-batches;
-        after the last, the optimizer step and zero_grad(set_to_none=True) come before any replay."""
+        replay then overwrites it: gradients accumulated over micro-batches come out wrong or raise
+        "accessing gradient tensor output of CUDAGraphs that has been overwritten" (torch's CUDA graph
+        trees; pytorch#169545, #184003). The trainer calls it between a step's micro-batches, as a loop of
+        one's own must; after the last, the optimizer step and zero_grad(set_to_none=True) come before any
+        replay."""
         if self.config.action_model.compile_world != "graphs":
             return
         names = COMPILE_WORLD["graphs"][0]
         params = [p for name in names for p in self.compilable()[name].parameters() if p.grad is not None]
         if params:
-            for p, grad in zip(params, torch._foreach_mul([p.grad for p in params], 1.0), strict=True):
-                p.grad = grad  # new memory of the caching allocator, same values (x * 1.0 is exact)
+            with torch.no_grad():
+                copies = torch._foreach_mul([p.grad for p in params], 1.0)  # new memory, same values (exact)
+            for p, grad in zip(params, copies, strict=True):
+                p.grad = grad
 
     @contextlib.contextmanager
     def eager(self):
